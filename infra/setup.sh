@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Sets up a fresh machine and runs the main job on the embedded defaults (bundled problems, in-process
+# SmolLM2, local storage under data/), one run per shard, recorded in the local Dagster instance.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+start=$(date +%s)
+bash infra/install.sh
+export DAGSTER_HOME="$PWD/.dagster_home"
+mkdir -p "$DAGSTER_HOME" && cp dagster.yaml "$DAGSTER_HOME/dagster.yaml"
+.venv/bin/python -m sigma_assets.run_main
+echo "Done in $(( $(date +%s) - start )) s."
+echo "Open the UI:  DAGSTER_HOME=$DAGSTER_HOME .venv/bin/dagster dev -w workspace.yaml  ->  http://127.0.0.1:3000"

@@ -1,0 +1,1 @@
+"""sigma: sibling-guided Monte Carlo augmentation (SIGMA) as a Dagster code location."""

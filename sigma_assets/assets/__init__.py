@@ -1,0 +1,1 @@
+"""The Dagster shell: assets that wire the plain modules to storage, partitions, resources and metadata."""

@@ -1,0 +1,144 @@
+"""Any OpenAI-compatible server (OpenAI, `vllm serve`, `transformers serve`) through the official client.
+
+Retries are the client layer's job, so the SDK's own are off. `n` is sent natively; when a server
+answers with fewer choices than asked (some ignore `n`), the rest are requested one by one with
+distinct seeds.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+import openai
+
+from sigma_assets.generation import GenerationRequest, Sample
+from sigma_assets.llm_client import (
+    ConnectionFailed,
+    FatalRequestError,
+    InvalidResponse,
+    RateLimited,
+    RequestTimeout,
+    ServerError,
+)
+
+
+class OpenAIBackend:
+    name = "openai"
+    max_batch = 1
+
+    def __init__(
+        self,
+        model: str,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        timeout_s: float = 120.0,
+        max_connections: int = 512,
+        extra_body: dict[str, Any] | None = None,
+    ):
+        self.model = model
+        self.endpoint = base_url or "https://api.openai.com/v1"
+        self.extra_body = extra_body or {}
+        # A local server needs no key, but the SDK insists on one; the key never enters the store key.
+        self._client = openai.AsyncOpenAI(
+            base_url=self.endpoint,
+            api_key=api_key or "unused",
+            max_retries=0,
+            timeout=timeout_s,
+            http_client=httpx.AsyncClient(
+                limits=httpx.Limits(
+                    max_connections=max_connections, max_keepalive_connections=max_connections
+                ),
+                timeout=timeout_s,
+            ),
+        )
+
+    async def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Sample]]:
+        return [await self._one(request) for request in requests]
+
+    async def _one(self, request: GenerationRequest) -> list[Sample]:
+        samples = await self._call(request, request.params.n, request.params.seed)
+        extra = 0
+        while len(samples) < request.params.n:  # the server ignored `n`: emulate it with seeded calls
+            extra += 1
+            seed = None if request.params.seed is None else request.params.seed + extra
+            samples += await self._call(request, 1, seed)
+        return samples[: request.params.n]
+
+    async def _call(self, request: GenerationRequest, n: int, seed: int | None) -> list[Sample]:
+        params = request.params
+        common: dict[str, Any] = {
+            "model": self.model,
+            "n": n,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "max_tokens": params.max_tokens,
+        }
+        if params.stop:
+            common["stop"] = list(params.stop)
+        if seed is not None:
+            common["seed"] = seed
+        if self.extra_body:
+            common["extra_body"] = self.extra_body
+        try:
+            if request.messages is not None:
+                if params.json_output:
+                    common["response_format"] = {"type": "json_object"}
+                messages: Any = [{"role": m.role, "content": m.content} for m in request.messages]
+                response = await self._client.chat.completions.create(messages=messages, **common)
+                texts = [(c.message.content or "", c.finish_reason) for c in response.choices]
+            else:
+                response = await self._client.completions.create(prompt=request.prompt or "", **common)
+                texts = [(c.text, c.finish_reason) for c in response.choices]
+        except openai.RateLimitError as exc:
+            raise RateLimited(_describe(exc), retry_after_s=_retry_after(exc.response)) from exc
+        except openai.APITimeoutError as exc:
+            raise RequestTimeout(str(exc)) from exc
+        except openai.APIConnectionError as exc:
+            raise ConnectionFailed(str(exc)) from exc
+        except openai.InternalServerError as exc:
+            raise ServerError(_describe(exc), retry_after_s=_retry_after(exc.response)) from exc
+        except openai.APIStatusError as exc:
+            if exc.status_code in (408, 409):
+                raise ServerError(_describe(exc)) from exc
+            raise FatalRequestError(_describe(exc)) from exc
+        except (json.JSONDecodeError, openai.APIResponseValidationError, ValueError, TypeError) as exc:
+            raise InvalidResponse(f"unreadable response: {type(exc).__name__}: {exc}") from exc
+        if not response.choices:
+            raise InvalidResponse("response has no choices")
+        usage = response.usage
+        prompt_tokens = usage.prompt_tokens if usage else 0
+        completion_tokens = usage.completion_tokens if usage else 0
+        per_sample = completion_tokens // max(1, len(texts))
+        return [
+            Sample(
+                text=text,
+                finish_reason="length" if reason == "length" else "stop",
+                # A prompt is billed once per call however many samples it yields.
+                prompt_tokens=prompt_tokens if index == 0 else 0,
+                completion_tokens=per_sample,
+            )
+            for index, (text, reason) in enumerate(texts)
+        ]
+
+    async def close(self) -> None:
+        await self._client.close()
+
+
+def _describe(exc: openai.APIStatusError) -> str:
+    return f"HTTP {exc.status_code}: {exc.message}"
+
+
+def _retry_after(response: httpx.Response | None) -> float | None:
+    if response is None:
+        return None
+    for header, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):
+        value = response.headers.get(header)
+        if value:
+            try:
+                return float(value) * scale
+            except ValueError:
+                continue
+    return None

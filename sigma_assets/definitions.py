@@ -1,0 +1,65 @@
+"""The sigma code location: assets, checks, jobs and resources assembled from the environment settings."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import dagster as dg
+
+from sigma_assets.assets import problems
+from sigma_assets.assets.partitions import SETTINGS, SHARDS
+from sigma_assets.io_manager import AtomicParquetIOManager
+from sigma_assets.resources import ProblemsResource, StorageResource
+from sigma_assets.settings import Settings
+
+
+def _secret(name: str) -> Any:
+    # EnvVar keeps the value out of run config, the UI and logs; unset secrets fall back to the
+    # standard credential chain of the client library.
+    return dg.EnvVar(name) if os.environ.get(name) else None
+
+
+def build_resources(settings: Settings) -> dict[str, Any]:
+    client_kwargs = {
+        key: value
+        for key, value in (("endpoint_url", settings.aws_endpoint_url), ("region_name", settings.aws_region))
+        if value
+    }
+    storage_options: dict[str, Any] = {}
+    if settings.is_s3:
+        storage_options = {"client_kwargs": client_kwargs}
+        for option, variable in (("key", "AWS_ACCESS_KEY_ID"), ("secret", "AWS_SECRET_ACCESS_KEY")):
+            if os.environ.get(variable):
+                storage_options[option] = {"env": variable}  # resolved by dagster-polars at run time
+    return {
+        "storage": StorageResource(
+            url=settings.storage_url,
+            endpoint_url=settings.aws_endpoint_url,
+            region=settings.aws_region,
+            access_key_id=_secret("AWS_ACCESS_KEY_ID"),
+            secret_access_key=_secret("AWS_SECRET_ACCESS_KEY"),
+        ),
+        "io_manager": AtomicParquetIOManager(
+            base_dir=settings.storage_url.rstrip("/") + "/assets", storage_options=storage_options
+        ),
+        "problems": ProblemsResource(source=settings.problems, num_shards=settings.num_shards),
+    }
+
+
+ASSETS = dg.load_assets_from_modules([problems])
+CHECKS = dg.load_asset_checks_from_modules([problems])
+
+generation_job = dg.define_asset_job(
+    "generation_job",
+    selection=dg.AssetSelection.assets(*ASSETS),
+    partitions_def=SHARDS,
+    description="Problems through refined paths, one run per shard.",
+)
+
+defs = dg.Definitions(
+    assets=ASSETS,
+    asset_checks=CHECKS,
+    jobs=[generation_job],
+    resources=build_resources(SETTINGS),
+)

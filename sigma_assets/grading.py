@@ -1,0 +1,474 @@
+"""Grading model answers: pull the final answer out of a solution and compare it with the gold answer.
+
+Plain Python with no Dagster imports. Equality goes through `math-verify` (sympy underneath), which can
+hang on pathological inputs (e.g. `(10^{100000})!`). Its own timeouts use `signal.alarm`, which only
+works in the main thread, so they are switched off here and every check instead runs in a worker
+process that is killed and replaced when it overruns its per-pair deadline.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import multiprocessing
+import re
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+# ---------------------------------------------------------------------------------------------------------
+# Answer extraction
+# ---------------------------------------------------------------------------------------------------------
+
+_BOXED_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
+# "answer is", optionally "final answer is" / "answer is:"; the last occurrence wins.
+_ANSWER_PHRASE_RE = re.compile(r"\banswer\s+is\b\s*:?[ \t]*", re.IGNORECASE)
+# A number: optional minus (not a binary minus as in `5-3`), thousands commas or plain digits, decimals,
+# and a simple fraction `3/4`. The lookbehinds keep us from starting inside a word or another number.
+_NUMBER_PATTERN = (
+    r"(?:(?<![\w)\]}])-)?(?<![\w.])(?:\d{1,3}(?:,\d{3})+(?![\d])|\d+)(?:\.\d+)?(?:/\d+(?:\.\d+)?)?"
+)
+_NUMBER_RE = re.compile(_NUMBER_PATTERN)
+_COMMA_NUMBER_RE = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+_NUMBER_THEN_WORDS_RE = re.compile(rf"({_NUMBER_PATTERN})\s+[A-Za-z]")
+_MATH_SPAN_RE = re.compile(r"\$\$(.+?)\$\$|\$(.+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]")
+
+
+def _balanced_group(text: str, start: int) -> tuple[str, int] | None:
+    """The contents of the `{...}` group opening at `text[start]` and the index after it; None if unclosed."""
+    depth = 0
+    i = start
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\":  # `\{` and `\}` are literal braces, not grouping
+            i += 2
+            continue
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                return text[start + 1 : i], i + 1
+        i += 1
+    return None
+
+
+def _boxed_contents(text: str) -> list[str]:
+    """Every non-empty `\\boxed{...}` (or `\\boxed 5`) content in order of appearance."""
+    found: list[str] = []
+    for m in _BOXED_RE.finditer(text):
+        j = m.end()
+        while j < len(text) and text[j].isspace():
+            j += 1
+        if j < len(text) and text[j] == "{":
+            group = _balanced_group(text, j)
+            content = group[0] if group else ""
+        elif j > m.end():  # `\boxed 5`: the argument is the next whitespace-delimited token
+            token = re.match(r"[^\s$]+", text[j:])
+            content = token.group(0).rstrip(".,;") if token else ""
+        else:
+            content = ""
+        content = content.strip()
+        if content:
+            found.append(content)
+    return found
+
+
+def _plain_number(s: str) -> str:
+    """`1,234` -> `1234` for strings that are one comma-grouped number; anything else unchanged."""
+    return s.replace(",", "") if _COMMA_NUMBER_RE.fullmatch(s) else s
+
+
+def _clean_phrase_answer(tail: str) -> str:
+    """The answer after "answer is": a leading math span, else the text up to the full stop."""
+    tail = tail.strip().strip("*").strip()
+    span = _MATH_SPAN_RE.match(tail)
+    if span:
+        answer = next(g for g in span.groups() if g is not None)
+    else:
+        answer = re.split(r"\.(?:\s|$)", tail, maxsplit=1)[0]
+        # "42 apples" -> "42": trailing units would otherwise parse as a product of symbols.
+        units = _NUMBER_THEN_WORDS_RE.match(answer)
+        if units:
+            answer = units.group(1)
+    answer = answer.strip().strip("*").strip().rstrip(".").strip().strip("$").strip()
+    return _plain_number(answer)
+
+
+def _phrase_answers(text: str) -> list[str]:
+    answers = []
+    for m in _ANSWER_PHRASE_RE.finditer(text):
+        line = text[m.end() :].split("\n", 1)[0]
+        answer = _clean_phrase_answer(line)
+        if answer:
+            answers.append(answer)
+    return answers
+
+
+def extract_answer(text: str) -> str | None:
+    """The final answer of a solution: the last `\\boxed{}`, else "the answer is X", else the last number."""
+    if not text:
+        return None
+    boxed = _boxed_contents(text)
+    if boxed:
+        return boxed[-1]
+    phrases = _phrase_answers(text)
+    if phrases:
+        return phrases[-1]
+    numbers = _NUMBER_RE.findall(text)
+    if numbers:
+        return numbers[-1].replace(",", "")
+    return None
+
+
+def extract_boxed(text: str) -> str | None:
+    """The last non-empty `\\boxed{}` content (a MATH solution's answer), or None."""
+    boxed = _boxed_contents(text)
+    return boxed[-1] if boxed else None
+
+
+def has_final_answer(text: str) -> bool:
+    """Whether a reasoning step commits to an answer (`\\boxed{}` or "answer is"), i.e. is terminal."""
+    return bool(text) and (bool(_boxed_contents(text)) or bool(_phrase_answers(text)))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Answer equality
+# ---------------------------------------------------------------------------------------------------------
+
+_TRAILING_ZERO_RE = re.compile(r"(-?\d+)\.0+")
+
+
+def normalize_answer(s: str) -> str:
+    """A cheap canonical form for the string-equality fast path; never used to decide inequality."""
+    s = re.sub(r"\s+", "", s).replace("$", "")
+    s = _plain_number(s)
+    m = _TRAILING_ZERO_RE.fullmatch(s)
+    return m.group(1) if m else s
+
+
+def _parse_answer(answer: str) -> list[Any]:
+    """math-verify parse of a bare answer string. Runs in the worker process."""
+    from math_verify import parse
+
+    s = answer.strip()
+    # math-verify extracts from `$...$` / `\boxed{}` spans; a bare `\frac{1}{2}` is not found at all.
+    candidates = [s] if ("$" in s or "\\boxed" in s) else [f"${s}$", s]
+    for candidate in candidates:
+        parsed = parse(candidate, parsing_timeout=None)  # type: ignore[arg-type]
+        if parsed:
+            return parsed
+    return []
+
+
+def _verify_pair(gold: str, pred: str, gold_cache: dict[str, list[Any]]) -> bool:
+    """Gold first: `verify` is asymmetric (e.g. gold `1<x<2` accepts pred `(1,2)`, not the reverse)."""
+    from math_verify import verify
+
+    gold_parsed = gold_cache.get(gold)
+    if gold_parsed is None:
+        gold_parsed = _parse_answer(gold)
+        if len(gold_cache) >= 4096:  # many predictions share one gold; bound the memory anyway
+            gold_cache.clear()
+        gold_cache[gold] = gold_parsed
+    pred_parsed = _parse_answer(pred)
+    if not gold_parsed or not pred_parsed:
+        return False
+    return bool(verify(gold_parsed, pred_parsed, timeout_seconds=None))
+
+
+def _worker_main(conn: Connection) -> None:
+    """Worker loop: receive a list of (index, gold, pred), answer `(index, ok)` pair by pair, in order."""
+    # Ctrl-C goes to the whole process group; let the parent decide and shut us down.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        import math_verify.grader
+        import math_verify.parser
+
+        # We disable math-verify's signal timeouts on purpose; silence its once-per-process warning.
+        math_verify.grader.TIMEOUT_WARNING_SHOWN = True  # type: ignore[attr-defined]
+        math_verify.parser.TIMEOUT_WARNING_SHOWN = True  # type: ignore[attr-defined]
+    except (ImportError, AttributeError):
+        pass
+    gold_cache: dict[str, list[Any]] = {}
+    # Warm up the LaTeX parser so the first real pair is not charged for lazy initialisation.
+    _verify_pair("1", "\\frac{2}{2}", gold_cache)
+    gold_cache.clear()
+    conn.send(("ready",))
+    while True:
+        try:
+            batch = conn.recv()
+        except (EOFError, OSError):
+            return
+        if batch is None:
+            return
+        for index, gold, pred in batch:
+            try:
+                ok = _verify_pair(gold, pred, gold_cache)
+            except Exception:  # a parse/verify failure is a wrong answer, not a dead worker
+                ok = False
+            conn.send((index, ok))
+
+
+def _mp_context() -> multiprocessing.context.BaseContext:
+    # Never fork: the parent may hold threads/event loops (Dagster, asyncio) that fork would copy broken.
+    return multiprocessing.get_context("spawn")
+
+
+@dataclass
+class _Worker:
+    proc: multiprocessing.process.BaseProcess
+    conn: Connection
+    ready: bool = False
+    deadline: float = 0.0  # when the pair at the head of `queue` (or start-up) must have answered
+    queue: deque[tuple[int, str, str]] = field(default_factory=deque)
+
+
+class AnswerChecker:
+    """Checks (gold, predicted) answer pairs with math-verify in worker processes, each pair time-bounded.
+
+    A pair that overruns `timeout_s` counts as wrong; its worker is killed and replaced and the remaining
+    pairs of the batch continue on the new worker. Results are cached per (gold, pred). Thread-safe.
+    """
+
+    def __init__(
+        self,
+        timeout_s: float = 5.0,
+        workers: int = 1,
+        startup_timeout_s: float = 120.0,
+        max_cache: int = 200_000,
+    ) -> None:
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers}")
+        self.timeout_s = timeout_s
+        self.workers = workers
+        self.startup_timeout_s = startup_timeout_s
+        self.max_cache = max_cache
+        self.checks = 0  # pairs asked about, including cache hits and fast-path answers
+        self.worker_checks = 0  # pairs that actually went to math-verify
+        self.timeouts = 0  # pairs that overran `timeout_s` (their worker was killed)
+        self.crashes = 0  # pairs during which the worker died on its own
+        self._cache: dict[tuple[str, str], bool] = {}
+        self._workers: list[_Worker | None] = [None] * workers
+        self._lock = threading.Lock()
+        self._closed = False
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+
+    def __enter__(self) -> AnswerChecker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            for i, worker in enumerate(self._workers):
+                if worker is not None:
+                    self._stop(worker, graceful=True)
+                    self._workers[i] = None
+
+    @property
+    def worker_pids(self) -> list[int]:
+        """PIDs of the live worker processes (for monitoring and tests)."""
+        return [w.proc.pid for w in self._workers if w is not None and w.proc.pid is not None]
+
+    def _spawn(self) -> _Worker:
+        ctx = _mp_context()
+        parent_conn, child_conn = ctx.Pipe()
+        proc = ctx.Process(target=_worker_main, args=(child_conn,), daemon=True, name="answer-checker")
+        proc.start()
+        child_conn.close()  # so a dead worker shows up as EOF on our end
+        return _Worker(proc, parent_conn, deadline=time.monotonic() + self.startup_timeout_s)
+
+    @staticmethod
+    def _stop(worker: _Worker, graceful: bool) -> None:
+        """End a worker and reap it (join), so no zombie is left behind."""
+        if graceful:
+            with contextlib.suppress(OSError, ValueError):
+                worker.conn.send(None)
+            worker.proc.join(timeout=1.0)
+        if worker.proc.is_alive():
+            worker.proc.terminate()
+            worker.proc.join(timeout=1.0)
+        if worker.proc.is_alive():
+            worker.proc.kill()
+            worker.proc.join()
+        worker.conn.close()
+
+    # -- checking --------------------------------------------------------------------------------------
+
+    def check(self, gold: str, pred: str | None) -> bool:
+        return self.check_many([(gold, pred)])[0]
+
+    def check_many(self, pairs: Sequence[tuple[str, str | None]]) -> list[bool]:
+        """Whether each predicted answer equals its gold answer, in input order."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("AnswerChecker is closed")
+            self.checks += len(pairs)
+            results: list[bool | None] = [None] * len(pairs)
+            todo: dict[tuple[str, str], list[int]] = {}  # unique uncached pairs -> their positions
+            for i, (gold, pred) in enumerate(pairs):
+                if not pred or not pred.strip() or not gold or not gold.strip():
+                    results[i] = False
+                    continue
+                key = (gold, pred)
+                if key in self._cache:
+                    results[i] = self._cache[key]
+                elif normalize_answer(gold) == normalize_answer(pred):
+                    results[i] = True
+                else:
+                    todo.setdefault(key, []).append(i)
+            if todo:
+                keys = list(todo)
+                outcomes = self._run(keys)
+                for key, ok in zip(keys, outcomes, strict=True):
+                    self._remember(key, ok)
+                    for i in todo[key]:
+                        results[i] = ok
+            return [bool(r) for r in results]
+
+    def _remember(self, key: tuple[str, str], ok: bool) -> None:
+        if len(self._cache) >= self.max_cache:
+            self._cache.pop(next(iter(self._cache)))  # oldest first: dicts keep insertion order
+        self._cache[key] = ok
+
+    def _run(self, keys: list[tuple[str, str]]) -> list[bool]:
+        """Send contiguous chunks of `keys` to the workers, one message each, and collect pair-by-pair."""
+        self.worker_checks += len(keys)
+        outcomes: list[bool] = [False] * len(keys)
+        n_used = min(self.workers, len(keys))
+        chunk = -(-len(keys) // n_used)
+        try:
+            for w in range(n_used):
+                items = [
+                    (i, keys[i][0], keys[i][1]) for i in range(w * chunk, min(len(keys), (w + 1) * chunk))
+                ]
+                worker = self._workers[w]
+                if worker is None or not worker.proc.is_alive():
+                    if worker is not None:
+                        self._stop(worker, graceful=False)
+                    worker = self._workers[w] = self._spawn()
+                worker.queue.extend(items)
+                if worker.ready:
+                    self._send_queue(w)
+            self._collect(outcomes)
+        except BaseException:
+            # Leave no worker holding a half-done batch (e.g. KeyboardInterrupt): the next call starts clean.
+            for w, worker in enumerate(self._workers):
+                if worker is not None and worker.queue:
+                    self._stop(worker, graceful=False)
+                    self._workers[w] = None
+            raise
+        return outcomes
+
+    def _send_queue(self, w: int) -> None:
+        worker = self._workers[w]
+        assert worker is not None
+        try:
+            worker.conn.send(list(worker.queue))
+        except (OSError, ValueError):
+            # It died while idle, so no pair is to blame: hand the whole queue to a fresh worker.
+            self._stop(worker, graceful=False)
+            fresh = self._spawn()
+            fresh.queue = worker.queue
+            self._workers[w] = fresh
+            return
+        worker.deadline = time.monotonic() + self.timeout_s
+
+    def _collect(self, outcomes: list[bool]) -> None:
+        while True:
+            busy = [(w, wk) for w, wk in enumerate(self._workers) if wk is not None and wk.queue]
+            if not busy:
+                return
+            wait_s = max(0.0, min(wk.deadline for _, wk in busy) - time.monotonic())
+            ready = set(wait([wk.conn for _, wk in busy], timeout=wait_s))
+            for w, worker in busy:
+                if worker.conn in ready:
+                    self._drain(w, outcomes)
+            now = time.monotonic()
+            for w, worker in busy:
+                current = self._workers[w]
+                if current is not worker or not worker.queue or worker.deadline > now:
+                    continue
+                if worker.conn.poll(0):  # answered just in time; picked up on the next pass
+                    continue
+                if not worker.ready:
+                    raise RuntimeError(
+                        f"answer-checker worker did not start within {self.startup_timeout_s}s"
+                    )
+                self.timeouts += 1
+                self._replace(w, outcomes)
+
+    def _drain(self, w: int, outcomes: list[bool]) -> None:
+        worker = self._workers[w]
+        assert worker is not None
+        while worker.queue:
+            try:
+                if not worker.conn.poll(0):
+                    return
+                msg = worker.conn.recv()
+            except (EOFError, OSError):
+                if not worker.ready:
+                    raise RuntimeError("answer-checker worker died during start-up") from None
+                self.crashes += 1
+                self._replace(w, outcomes)
+                return
+            if msg == ("ready",):
+                worker.ready = True
+                self._send_queue(w)
+                if self._workers[w] is not worker:  # the send failed and a fresh worker took over
+                    return
+                continue
+            index, ok = msg
+            head = worker.queue.popleft()
+            assert head[0] == index, "worker answered out of order"
+            outcomes[index] = bool(ok)
+            worker.deadline = time.monotonic() + self.timeout_s  # the next pair's clock starts now
+
+    def _replace(self, w: int, outcomes: list[bool]) -> None:
+        """Kill the worker stuck on its head pair, fail that pair, and resume the rest on a fresh worker."""
+        worker = self._workers[w]
+        assert worker is not None
+        self._stop(worker, graceful=False)
+        index = worker.queue.popleft()[0]
+        outcomes[index] = False
+        rest = worker.queue
+        self._workers[w] = None
+        if rest:
+            fresh = self._spawn()
+            fresh.queue = rest
+            self._workers[w] = fresh  # sends `rest` once it reports ready
+
+
+_default_checker: AnswerChecker | None = None
+_default_lock = threading.Lock()
+
+
+def _close_default_checker() -> None:
+    if _default_checker is not None:
+        _default_checker.close()
+
+
+def default_checker() -> AnswerChecker:
+    """The shared module-level checker, started on first use and closed at interpreter exit."""
+    global _default_checker
+    with _default_lock:
+        if _default_checker is None:
+            _default_checker = AnswerChecker()
+            atexit.register(_close_default_checker)
+        return _default_checker
+
+
+def answers_match(gold: str, pred: str | None, checker: AnswerChecker | None = None) -> bool:
+    """Whether `pred` is mathematically equal to `gold` (gold first: math-verify is asymmetric)."""
+    return (checker or default_checker()).check(gold, pred)

@@ -1,0 +1,107 @@
+"""Every environment setting of the project, read once and validated in one place (DESIGN §3).
+
+Assets never read `os.environ`; they get these values through resources built in `definitions.py`.
+Secrets (`OPENAI_API_KEY`, `AWS_SECRET_ACCESS_KEY`) are not stored here: resources take them through
+`dagster.EnvVar`, so their values never reach run config, logs or metadata.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_STORAGE_DIR = PROJECT_ROOT / "data"
+
+POLICY_BACKENDS = ("transformers", "openai", "vllm")
+CRITIC_BACKENDS = ("transformers", "openai")
+BUNDLED_SMOLLM2 = "smollm2-135m-instruct"
+
+
+class SettingsError(ValueError):
+    """A configuration variable has a value the project cannot use; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    storage_url: str
+    problems: str
+    num_shards: int
+    policy_backend: str
+    policy_model: str
+    policy_base_url: str | None
+    critic_backend: str
+    critic_model: str
+    critic_base_url: str | None
+    critic_concurrency: int
+    aws_endpoint_url: str | None
+    aws_region: str | None
+
+    @property
+    def is_s3(self) -> bool:
+        return self.storage_url.startswith("s3://")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+
+        def get(name: str, default: str | None = None) -> str | None:
+            value = env.get(name, "").strip()
+            return value or default
+
+        storage_url = get("SIGMA_STORAGE_URL", str(DEFAULT_STORAGE_DIR))
+        assert storage_url is not None
+        if "://" in storage_url and not storage_url.startswith(("s3://", "file://")):
+            raise SettingsError(f"SIGMA_STORAGE_URL={storage_url!r}: use a local path or s3://bucket/prefix")
+        if storage_url.startswith("s3://") and not storage_url[len("s3://") :].strip("/"):
+            raise SettingsError(f"SIGMA_STORAGE_URL={storage_url!r} names no bucket")
+
+        policy_backend = _choice(env, "SIGMA_POLICY_BACKEND", "transformers", POLICY_BACKENDS)
+        has_key = bool(get("OPENAI_API_KEY"))
+        critic_backend = _choice(
+            env, "SIGMA_CRITIC_BACKEND", "openai" if has_key else "transformers", CRITIC_BACKENDS
+        )
+        critic_default = "gpt-4o-mini" if critic_backend == "openai" else BUNDLED_SMOLLM2
+        policy_model = get("SIGMA_POLICY_MODEL", BUNDLED_SMOLLM2)
+        policy_base_url = get("SIGMA_POLICY_BASE_URL")
+        if policy_backend == "openai" and not policy_base_url:
+            raise SettingsError(
+                "SIGMA_POLICY_BACKEND=openai needs SIGMA_POLICY_BASE_URL (an OpenAI-compatible server, "
+                "e.g. http://127.0.0.1:8000/v1 from `vllm serve`)"
+            )
+        return cls(
+            storage_url=storage_url,
+            problems=get("SIGMA_PROBLEMS", "arithmetic") or "arithmetic",
+            num_shards=_positive_int(env, "SIGMA_NUM_SHARDS", 4),
+            policy_backend=policy_backend,
+            policy_model=policy_model or BUNDLED_SMOLLM2,
+            policy_base_url=policy_base_url,
+            critic_backend=critic_backend,
+            critic_model=get("SIGMA_CRITIC_MODEL", critic_default) or critic_default,
+            critic_base_url=get("SIGMA_CRITIC_BASE_URL"),
+            critic_concurrency=_positive_int(env, "SIGMA_CRITIC_CONCURRENCY", 16),
+            aws_endpoint_url=get("AWS_ENDPOINT_URL"),
+            aws_region=get("AWS_REGION"),
+        )
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
+    value = env.get(name, "").strip() or default
+    if value not in allowed:
+        raise SettingsError(f"{name}={value!r}: expected one of {', '.join(allowed)}")
+    return value
+
+
+def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r}: expected a positive integer") from None
+    if value < 1:
+        raise SettingsError(f"{name}={raw!r}: expected a positive integer")
+    return value

@@ -1,0 +1,115 @@
+"""Selected step vs its siblings: what the critique model compares at every depth of the selected path.
+
+For each depth d >= 1 of a tree's selected path (see `mcts.selected_path`), the siblings are the other
+children of the selected node's parent: they share the same history (the selected steps before d).
+Each sibling is shown with its step, its value and the outcome of its best continuation: its best-Q
+descendant leaf, or itself when it is a leaf.
+
+No Dagster imports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from sigma_assets.mcts import Node, Tree, selected_path, trees_from_rows
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Where a sibling's best continuation ended up."""
+
+    leaf_id: str
+    answer: str | None  # a terminal's answer, or a non-terminal leaf's rollout answer
+    correct: bool | None
+    terminal: bool  # False: the leaf was only valued by a rollout (an estimate, not a reached answer)
+
+
+@dataclass(frozen=True)
+class Sibling:
+    node_id: str
+    step: str
+    q: float
+    visits: int
+    outcome: Outcome
+
+
+@dataclass(frozen=True)
+class SiblingSet:
+    problem_id: str
+    depth: int
+    history: tuple[str, ...]
+    selected_node_id: str
+    selected_step: str
+    selected_q: float
+    selected_visits: int
+    siblings: tuple[Sibling, ...]
+
+    def to_row(self) -> dict[str, Any]:
+        """A parquet-friendly row (history a list of strings, siblings a list of structs)."""
+        row = asdict(self)
+        row["history"] = list(self.history)
+        row["siblings"] = [asdict(s) for s in self.siblings]
+        return row
+
+
+def _leaves(node: Node) -> list[Node]:
+    if not node.children:
+        return [node]
+    return [leaf for child in node.children for leaf in _leaves(child)]
+
+
+def _id_key(node_id: str) -> tuple[int, ...]:
+    return tuple(int(i) for i in node_id.split("."))
+
+
+def best_continuation(node: Node) -> Outcome:
+    """The best-Q leaf under `node` (itself if a leaf).
+
+    Ties: a terminal beats a rollout-valued leaf (a reached answer beats an estimate), then more
+    visits, then the smallest node id.
+    """
+    leaf = min(_leaves(node), key=lambda n: (-n.q, not n.terminal, -n.visits, _id_key(n.node_id)))
+    if leaf.terminal:
+        return Outcome(leaf.node_id, leaf.answer, leaf.correct, True)
+    return Outcome(leaf.node_id, leaf.rollout_answer, leaf.rollout_correct, False)
+
+
+def sibling_sets(tree: Tree) -> list[SiblingSet]:
+    """One record per depth of the selected path; [] when the tree has no selected path."""
+    path = selected_path(tree)
+    if path is None:
+        return []
+    records = []
+    for depth in range(1, len(path)):
+        parent, chosen = path[depth - 1], path[depth]
+        siblings = tuple(
+            Sibling(c.node_id, c.step, c.q, c.visits, best_continuation(c))
+            for c in parent.children
+            if c is not chosen
+        )
+        records.append(
+            SiblingSet(
+                problem_id=tree.problem_id,
+                depth=depth,
+                history=tuple(n.step for n in path[1:depth]),
+                selected_node_id=chosen.node_id,
+                selected_step=chosen.step,
+                selected_q=chosen.q,
+                selected_visits=chosen.visits,
+                siblings=siblings,
+            )
+        )
+    return records
+
+
+def sibling_sets_from_rows(rows: Sequence[Mapping[str, Any]]) -> list[SiblingSet]:
+    """Sibling sets of every tree in a stored `tree_rows` table (several problems allowed)."""
+    return [record for tree in trees_from_rows(rows) for record in sibling_sets(tree)]
+
+
+def problems_without_selected_path(trees: Iterable[Tree]) -> list[str]:
+    """Problems with no correct terminal leaf: no siblings, no SFT sample; report them."""
+    return [tree.problem_id for tree in trees if selected_path(tree) is None]

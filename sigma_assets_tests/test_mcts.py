@@ -1,0 +1,381 @@
+"""MCTS search against a scripted policy: UCT and backup arithmetic, invariants, batching, determinism."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+
+import polars as pl
+import pytest
+
+from sigma_assets.generation import GenerationRequest, Sample
+from sigma_assets.mcts import (
+    CHATML_TEMPLATE,
+    MCTSSettings,
+    Node,
+    Tree,
+    policy_prompt,
+    render_tree_markdown,
+    run_search,
+    sampling_seed,
+    select_child,
+    selected_path,
+    tree_from_rows,
+    tree_rows,
+    trees_from_rows,
+    uct_score,
+)
+
+ASSISTANT = "<|im_start|>assistant\n"
+
+
+def steps_of(prompt: str) -> list[str]:
+    """The steps a policy prompt already holds (each one followed by the delimiter)."""
+    tail = prompt.split(ASSISTANT, 1)[1]
+    return tail.split("\n\n")[:-1]
+
+
+class ScriptedPolicy:
+    """Expansion: from depth 1 on, sample 0 answers right, sample 1 wrong, the rest keep reasoning.
+
+    Rollouts answer right only below an "option 0" step. Every call is logged.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[list[GenerationRequest]] = []
+
+    def __call__(self, requests: Sequence[GenerationRequest]) -> list[list[Sample]]:
+        self.calls.append(list(requests))
+        out = []
+        for request in requests:
+            assert request.prompt is not None
+            steps = steps_of(request.prompt)
+            if request.params.stop:
+                texts = [self.step(len(steps), i) for i in range(request.params.n)]
+            else:
+                right = bool(steps) and "option 0" in steps[-1]
+                texts = ["so the total is \\boxed{4}" if right else "hence \\boxed{9}"]
+            out.append([Sample(t, "stop", len(request.prompt), len(t)) for t in texts])
+        return out
+
+    @staticmethod
+    def step(depth: int, index: int) -> str:
+        if depth >= 1 and index == 0:
+            return "So the answer is \\boxed{4}."
+        if depth >= 1 and index == 1:
+            return "Perhaps \\boxed{5}."
+        return f"Step {depth + 1} option {index}"
+
+
+class Checker:
+    def __init__(self) -> None:
+        self.calls: list[list[tuple[str, str | None]]] = []
+
+    def __call__(self, pairs: Sequence[tuple[str, str | None]]) -> list[bool]:
+        self.calls.append(list(pairs))
+        return [pred is not None and gold == pred for gold, pred in pairs]
+
+
+def random_policy(requests: Sequence[GenerationRequest]) -> list[list[Sample]]:
+    """Seeded by the request's own seed, so reruns replay; mixes every kind of step."""
+    out = []
+    for request in requests:
+        rng = random.Random(request.params.seed)
+        samples = []
+        for _ in range(request.params.n):
+            kind = rng.random()
+            if not request.params.stop:
+                text = f"... \\boxed{{{rng.choice([4, 4, 6])}}}" if kind < 0.8 else "I give up"
+            elif kind < 0.15:
+                text = "\\boxed{4}"
+            elif kind < 0.3:
+                text = f"the answer is {rng.choice([3, 5])}"
+            elif kind < 0.35:
+                text = "   "
+            else:
+                text = f"think {rng.randrange(1000)}"
+            samples.append(Sample(text, "stop", 10, 5))
+        out.append(samples)
+    return out
+
+
+class LoggedPolicy:
+    """`random_policy` with a log of every call's requests."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[GenerationRequest]] = []
+
+    def __call__(self, requests: Sequence[GenerationRequest]) -> list[list[Sample]]:
+        self.calls.append(list(requests))
+        return random_policy(requests)
+
+
+def problems(count: int) -> list[tuple[str, str, str]]:
+    return [(f"p{i}", f"What is {i} + {4 - i}?", "4") for i in range(count)]
+
+
+# --- prompts and UCT ---------------------------------------------------------------------------------
+
+
+def test_policy_prompt_is_chatml_and_extends_its_parent_byte_for_byte() -> None:
+    parent = policy_prompt("What is 2+2?", ["First add."])
+    child = policy_prompt("What is 2+2?", ["First add.", "2+2=4."])
+    assert parent == (
+        "<|im_start|>user\nWhat is 2+2?\nPlease reason step by step, and put your final answer within "
+        "\\boxed{}.<|im_end|>\n<|im_start|>assistant\nFirst add.\n\n"
+    )
+    assert child == parent + "2+2=4.\n\n"
+    assert policy_prompt("Q {x}", [], template="Q: {problem}|") == "Q: Q {x}|"
+    assert CHATML_TEMPLATE.count("{problem}") == 1
+
+
+def hand_tree() -> Node:
+    parent = Node("0", None, 0, visits=10, value_sum=1.0)
+    parent.children = [
+        Node("0.0", "0", 1, "a", visits=5, value_sum=3.0),  # q 0.6
+        Node("0.1", "0", 1, "b", visits=2, value_sum=1.0),  # q 0.5
+        Node("0.2", "0", 1, "c", visits=3, value_sum=-1.0),  # q -1/3
+    ]
+    return parent
+
+
+def test_uct_arithmetic_and_choice() -> None:
+    parent = hand_tree()
+    a, b, c = parent.children
+    assert uct_score(a, 10, 1.0) == pytest.approx(0.6 + math.sqrt(math.log(10) / 5))  # 1.2786
+    assert uct_score(b, 10, 1.0) == pytest.approx(0.5 + math.sqrt(math.log(10) / 2))  # 1.5730
+    assert uct_score(c, 10, 1.0) == pytest.approx(-1 / 3 + math.sqrt(math.log(10) / 3))  # 0.5427
+    assert select_child(parent, 1.0) is b  # exploration favours the less visited b
+    assert select_child(parent, 0.0) is a  # pure exploitation: highest Q
+    assert select_child(parent, 0.1) is a  # 0.6+0.068 > 0.5+0.107
+    parent.children.append(Node("0.3", "0", 1, "d"))
+    assert select_child(parent, 0.0) is parent.children[3]  # unvisited first
+
+
+def test_uct_ties_go_to_the_lowest_index() -> None:
+    parent = Node("0", None, 0, visits=3, value_sum=0.0)
+    parent.children = [Node(f"0.{i}", "0", 1, visits=1, value_sum=0.0) for i in range(3)]
+    assert select_child(parent, 1.0).node_id == "0.0"
+
+
+# --- backup arithmetic ------------------------------------------------------------------------------
+
+
+def test_backup_arithmetic_round_by_round() -> None:
+    def search(simulations: int) -> tuple[Tree, object]:
+        policy = ScriptedPolicy()
+        result = run_search(problems(1), policy, Checker(), MCTSSettings(simulations=simulations))
+        return result.trees[0], result
+
+    # Round 1 expands the root: three reasoning steps, rollouts +1 (option 0), -1, -1.
+    tree, result = search(1)
+    root = tree.root
+    assert [c.node_id for c in root.children] == ["0.0", "0.1", "0.2"]
+    assert [(c.visits, c.value_sum) for c in root.children] == [(1, 1.0), (1, -1.0), (1, -1.0)]
+    assert [c.rollout_correct for c in root.children] == [True, False, False]
+    assert [c.rollout_answer for c in root.children] == ["4", "9", "9"]
+    assert (root.visits, root.value_sum) == (3, -1.0)
+
+    # Round 2 picks 0.0 (highest Q, equal visits) and expands it: right terminal, wrong terminal,
+    # reasoning step whose rollout is wrong.
+    tree, result = search(2)
+    n00 = tree.node("0.0")
+    assert [(c.terminal, c.answer, c.correct) for c in n00.children] == [
+        (True, "4", True),
+        (True, "5", False),
+        (False, None, None),
+    ]
+    assert (n00.visits, n00.value_sum) == (4, 0.0)  # 1 + 3 children; +1 +1 -1 -1
+    assert (tree.root.visits, tree.root.value_sum) == (6, -2.0)
+
+    # Round 3: UCT from the root picks 0.0 (0 + sqrt(ln6/4) = 0.669 beats -1 + sqrt(ln6) = 0.339), then
+    # the right terminal 0.0.0, which is re-backed up (+1) without any model call.
+    tree, result = search(3)
+    assert (tree.node("0.0.0").visits, tree.node("0.0.0").value_sum) == (2, 2.0)
+    assert (tree.node("0.0").visits, tree.node("0.0").value_sum) == (5, 1.0)
+    assert (tree.root.visits, tree.root.value_sum) == (7, -1.0)
+    assert [s.generate_calls for s in result.round_stats] == [2, 2, 0]
+    assert [s.check_calls for s in result.round_stats] == [1, 2, 0]
+    assert result.generate_calls == 4 and result.requests == 1 + 3 + 1 + 1
+    assert [n.node_id for n in selected_path(tree)] == ["0", "0.0", "0.0.0"]
+
+
+# --- invariants after a full search -------------------------------------------------------------------
+
+
+def check_invariants(tree: Tree, settings: MCTSSettings) -> None:
+    root = tree.root
+    assert root.visits == sum(c.visits for c in root.children)
+    assert root.value_sum == pytest.approx(sum(c.value_sum for c in root.children))
+    for node in tree.nodes():
+        assert node.depth <= settings.max_depth
+        assert -1.0 <= node.q <= 1.0
+        if node.depth == settings.max_depth:
+            assert node.terminal
+        if node.terminal:
+            assert not node.children
+            assert node.correct is not None
+            assert node.value_sum == (1.0 if node.correct else -1.0) * node.visits
+        if node.children:
+            assert len(node.children) == settings.n_children
+            for index, child in enumerate(node.children):
+                assert child.node_id == f"{node.node_id}.{index}"
+                assert child.parent_id == node.node_id and child.depth == node.depth + 1
+            if node is not root:
+                # Its own evaluation (visit 1, value in {-1, 0, 1}) plus everything below it.
+                assert node.visits == 1 + sum(c.visits for c in node.children)
+                own = node.value_sum - sum(c.value_sum for c in node.children)
+                assert own in (-1.0, 0.0, 1.0)
+
+
+@pytest.mark.parametrize("rollout", ["policy", "none"])
+def test_invariants_after_full_search(rollout: str) -> None:
+    settings = MCTSSettings(simulations=16, max_depth=4, rollout=rollout, seed=3)  # type: ignore[arg-type]
+    result = run_search(problems(8), random_policy, Checker(), settings)
+    assert result.rounds <= settings.simulations
+    for tree in result.trees:
+        assert 1 <= tree.simulations <= settings.simulations
+        assert tree.simulations == settings.simulations or tree.exhausted
+        check_invariants(tree, settings)
+        path = selected_path(tree)
+        if path is not None:
+            leaf = path[-1]
+            assert leaf.terminal and leaf.correct is True
+            assert [n.node_id for n in path] == [n.node_id for n in tree.path_to(leaf.node_id)]
+            # Best correct leaf: no other correct terminal has a higher Q.
+            others = [n for n in tree.nodes() if n.terminal and n.correct]
+            assert all(n.q <= leaf.q for n in others)
+            assert sum(r["on_selected_path"] for r in tree_rows(tree)) == len(path)
+        else:
+            assert not any(n.terminal and n.correct for n in tree.nodes())
+            assert not any(r["on_selected_path"] for r in tree_rows(tree))
+    if rollout == "none":
+        assert all(s.rollout_requests == 0 for s in result.round_stats)
+        assert all(n.rollout_answer is None for t in result.trees for n in t.nodes())
+    assert any(selected_path(t) for t in result.trees)
+
+
+def test_no_selected_path_without_a_correct_terminal() -> None:
+    # Every step keeps reasoning and every rollout is right: rollouts alone never make a selected path.
+    def policy(requests: Sequence[GenerationRequest]) -> list[list[Sample]]:
+        return [
+            [Sample("step" if r.params.stop else "\\boxed{4}") for _ in range(r.params.n)] for r in requests
+        ]
+
+    settings = MCTSSettings(simulations=4, max_depth=16)
+    result = run_search(problems(2), policy, Checker(), settings)
+    assert all(n.rollout_correct for t in result.trees for n in t.nodes() if n.parent_id is not None)
+    assert result.without_selected_path == ["p0", "p1"]
+    assert all(selected_path(t) is None for t in result.trees)
+
+
+def test_depth_limit_and_empty_steps_are_terminal_without_answer() -> None:
+    def policy(requests: Sequence[GenerationRequest]) -> list[list[Sample]]:
+        return [[Sample("keep going"), Sample(" \n"), Sample("more")] for _ in requests]
+
+    settings = MCTSSettings(simulations=50, max_depth=2, rollout="none")
+    result = run_search(problems(1), policy, Checker(), settings)
+    tree = result.trees[0]
+    assert tree.exhausted and tree.simulations < 50  # stops once nothing is left to grow
+    for node in tree.nodes():
+        if node.depth == 2 or (node.parent_id is not None and node.step == ""):
+            assert node.terminal and node.answer is None and node.correct is False
+    assert {n.depth for n in tree.nodes()} == {0, 1, 2}
+
+
+def test_exhausted_root_stops_after_one_round() -> None:
+    def policy(requests: Sequence[GenerationRequest]) -> list[list[Sample]]:
+        return [[Sample(f"\\boxed{{{i}}}") for i in (4, 5, 6)] for _ in requests]
+
+    checker = Checker()
+    result = run_search(problems(3), policy, checker, MCTSSettings(simulations=16))
+    assert result.rounds == 1 and result.generate_calls == 1 and len(checker.calls) == 1
+    assert len(checker.calls[0]) == 9  # every problem's terminals graded in one call
+    for tree in result.trees:
+        assert [n.node_id for n in selected_path(tree)] == ["0", "0.0"]
+
+
+def test_step_is_cut_at_the_delimiter_even_if_the_backend_does_not() -> None:
+    def policy(requests: Sequence[GenerationRequest]) -> list[list[Sample]]:
+        assert all(r.params.stop == ("\n\n",) for r in requests if r.params.n == 3)
+        return [[Sample("first part\n\nsecond \\boxed{4}")] * r.params.n for r in requests]
+
+    result = run_search(problems(1), policy, Checker(), MCTSSettings(simulations=1))
+    assert all(c.step == "first part" and not c.terminal for c in result.trees[0].root.children)
+
+
+# --- batching across trees -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("count", [1, 5, 20])
+def test_model_calls_per_round_do_not_grow_with_problems(count: int) -> None:
+    policy = LoggedPolicy()
+
+    checker = Checker()
+    settings = MCTSSettings(simulations=6, max_depth=5)
+    result = run_search(problems(count), policy, checker, settings)
+    assert result.rounds <= settings.simulations
+    assert len(result.round_stats) == result.rounds
+    for stats in result.round_stats:
+        assert stats.generate_calls <= 2 and stats.check_calls <= 2
+        assert stats.expand_requests <= stats.active_trees <= count
+        assert stats.generate_calls == (stats.expand_requests > 0) + (stats.rollout_requests > 0)
+    assert result.generate_calls == len(policy.calls) <= 2 * result.rounds
+    assert result.requests == sum(len(call) for call in policy.calls)
+    assert len(checker.calls) <= 2 * result.rounds
+    assert result.round_stats[0].expand_requests == count  # every root expanded in one batch
+    samples = sum(r.params.n for call in policy.calls for r in call)
+    assert (result.prompt_tokens, result.completion_tokens) == (10 * samples, 5 * samples)
+
+
+def test_rerun_issues_identical_requests() -> None:
+    first, second = LoggedPolicy(), LoggedPolicy()
+    settings = MCTSSettings(simulations=5, seed=11)
+    a = run_search(problems(4), first, Checker(), settings)
+    b = run_search(problems(4), second, Checker(), settings)
+    assert first.calls == second.calls
+    assert [tree_rows(t) for t in a.trees] == [tree_rows(t) for t in b.trees]
+    seeds = [r.params.seed for call in first.calls for r in call]
+    assert len(set(seeds)) == len(seeds)  # one seed per (problem, node, purpose)
+    assert sampling_seed(11, "p0", "0", "expand") == first.calls[0][0].params.seed
+    assert sampling_seed(12, "p0", "0", "expand") != sampling_seed(11, "p0", "0", "expand")
+    assert sampling_seed(11, "p0", "0.1", "expand") != sampling_seed(11, "p0", "0.1", "rollout")
+
+
+def test_duplicate_problem_ids_are_refused() -> None:
+    with pytest.raises(ValueError, match="unique"):
+        run_search([("a", "x", "1"), ("a", "y", "2")], random_policy, Checker())
+
+
+# --- storage and preview ----------------------------------------------------------------------------------
+
+
+def test_tree_rows_round_trip_through_polars() -> None:
+    result = run_search(problems(3), random_policy, Checker(), MCTSSettings(simulations=8, max_depth=4))
+    rows = [row for tree in result.trees for row in tree_rows(tree)]
+    frame = pl.DataFrame(rows)
+    assert frame.height == sum(len(list(t.nodes())) for t in result.trees)
+    root_rows = frame.filter(pl.col("depth") == 0)
+    assert root_rows["step"].to_list() == ["", "", ""] and root_rows["parent_id"].null_count() == 3
+
+    rebuilt = trees_from_rows(frame.to_dicts())
+    assert [t.problem_id for t in rebuilt] == ["p0", "p1", "p2"]
+    for original, copy in zip(result.trees, rebuilt, strict=True):
+        assert tree_rows(copy) == tree_rows(original)
+    one = tree_from_rows(tree_rows(result.trees[1]), problem="What?", gold_answer="4")
+    assert (one.problem, one.gold_answer, one.problem_id) == ("What?", "4", "p1")
+    with pytest.raises(ValueError):
+        tree_from_rows(rows)  # several problems
+
+
+def test_render_tree_markdown_marks_path_and_truncates() -> None:
+    result = run_search(problems(1), ScriptedPolicy(), Checker(), MCTSSettings(simulations=3))
+    text = render_tree_markdown(result.trees[0])
+    assert "★ ✓ `0.0.0`" in text and "✗ `0.0.1`" in text and "★ `0.0`" in text
+    assert "q=+1.00 n=2" in text
+    short = render_tree_markdown(result.trees[0], max_nodes=2)
+    assert short.splitlines()[-1] == "- … 5 more nodes"
+    long_step = Tree("x", "?", "1")
+    long_step.root.children = [Node("0.0", "0", 1, "word " * 50)]
+    assert max(len(line) for line in render_tree_markdown(long_step).splitlines()) < 120

@@ -1,0 +1,160 @@
+"""raw_problems through a real Dagster instance, on a local root and on the real S3 server."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import dagster as dg
+import polars as pl
+import pytest
+from upath import UPath
+
+from sigma_assets.assets.partitions import SHARDS
+from sigma_assets.assets.problems import raw_problems, raw_problems_valid
+from sigma_assets.definitions import build_resources, defs
+from sigma_assets.settings import Settings, SettingsError
+from sigma_assets.storage import StorageError, StorageRoot
+
+
+def materialize_all_shards(settings: Settings) -> list[dg.ExecuteInProcessResult]:
+    instance = dg.DagsterInstance.ephemeral()
+    return [
+        dg.materialize(
+            [raw_problems, raw_problems_valid],
+            partition_key=key,
+            resources=build_resources(settings),
+            instance=instance,
+        )
+        for key in SHARDS.get_partition_keys()
+    ]
+
+
+def read_shard(root: StorageRoot, key: str) -> pl.DataFrame:
+    return pl.read_parquet(io.BytesIO(root.path("assets", "raw_problems", f"{key}.parquet").read_bytes()))
+
+
+def test_definitions_load():
+    assert defs.resolve_asset_graph().get_all_asset_keys() >= {dg.AssetKey("raw_problems")}
+    assert defs.resolve_job_def("generation_job").partitions_def == SHARDS
+
+
+def test_every_shard_on_the_local_root(tmp_path):
+    settings = Settings.from_env({"SIGMA_STORAGE_URL": str(tmp_path / "store")})
+    results = materialize_all_shards(settings)
+    assert all(r.success for r in results)
+    root = StorageRoot(settings.storage_url)
+    frames = {key: read_shard(root, key) for key in SHARDS.get_partition_keys()}
+    total = sum(len(f) for f in frames.values())
+    assert total == 32  # every bundled problem lands in exactly one shard
+    for key, frame in frames.items():
+        assert frame["shard"].unique().to_list() in ([key], [])
+    # No temporary files are left behind by the atomic writes.
+    assert sorted(p.name for p in (tmp_path / "store" / "assets" / "raw_problems").iterdir()) == [
+        f"{k}.parquet" for k in SHARDS.get_partition_keys()
+    ]
+    check = results[0].get_asset_check_evaluations()[0]
+    assert check.passed
+
+
+def test_same_problem_lands_in_the_same_shard_across_runs_and_sources(tmp_path):
+    settings = Settings.from_env({"SIGMA_STORAGE_URL": str(tmp_path / "a")})
+    materialize_all_shards(settings)
+    first = {k: read_shard(StorageRoot(settings.storage_url), k) for k in SHARDS.get_partition_keys()}
+    # A larger source (more problems) keeps old problems where they were.
+    bigger = Settings.from_env({"SIGMA_STORAGE_URL": str(tmp_path / "b"), "SIGMA_PROBLEMS": "arithmetic:64"})
+    materialize_all_shards(bigger)
+    for key, frame in first.items():
+        later = read_shard(StorageRoot(bigger.storage_url), key)
+        assert set(frame["problem_id"]) <= set(later["problem_id"])
+
+
+def test_every_shard_on_the_s3_root(s3_env):
+    settings = Settings.from_env()
+    assert settings.is_s3
+    results = materialize_all_shards(settings)
+    assert all(r.success for r in results)
+    root = StorageRoot(
+        settings.storage_url,
+        s3_env["AWS_ENDPOINT_URL"],
+        "us-east-1",
+        s3_env["AWS_ACCESS_KEY_ID"],
+        s3_env["AWS_SECRET_ACCESS_KEY"],
+    )
+    assert sum(len(read_shard(root, k)) for k in SHARDS.get_partition_keys()) == 32
+    # Secrets went in through EnvVar: they are in neither the run's config nor its event log.
+    for result in results:
+        events = json.dumps([str(e) for e in result.all_events])
+        assert s3_env["AWS_SECRET_ACCESS_KEY"] not in events
+        assert s3_env["AWS_SECRET_ACCESS_KEY"] not in json.dumps(result.dagster_run.run_config, default=str)
+
+
+def test_jsonl_problems_from_s3(s3_env, tmp_path):
+    root = StorageRoot(
+        s3_env["SIGMA_STORAGE_URL"],
+        s3_env["AWS_ENDPOINT_URL"],
+        "us-east-1",
+        s3_env["AWS_ACCESS_KEY_ID"],
+        s3_env["AWS_SECRET_ACCESS_KEY"],
+    ).prepare()
+    target = root.path("inputs", "gsm8k.jsonl")
+    rows = [{"question": f"What is {i} + 1?", "answer": f"{i}+1={i + 1}\n#### {i + 1}"} for i in range(12)]
+    target.write_text("\n".join(json.dumps(r) for r in rows))
+    settings = Settings.from_env({**s3_env, "SIGMA_PROBLEMS": str(target)})
+    results = materialize_all_shards(settings)
+    assert all(r.success for r in results)
+    counts = [
+        r.asset_materializations_for_node("raw_problems")[0].metadata["dagster/row_count"].value
+        for r in results
+    ]
+    assert sum(counts) == 12
+
+
+def test_skipped_rows_show_in_metadata(tmp_path):
+    source = tmp_path / "p.jsonl"
+    source.write_text('{"problem": "1+1?", "answer": "2"}\n{"problem": "", "answer": "3"}\n')
+    settings = Settings.from_env({"SIGMA_STORAGE_URL": str(tmp_path / "s"), "SIGMA_PROBLEMS": str(source)})
+    results = materialize_all_shards(settings)
+    metadata = results[0].asset_materializations_for_node("raw_problems")[0].metadata
+    assert metadata["skipped_rows"].value == 1
+    assert "empty problem" in metadata["skipped"].value
+
+
+def test_unreachable_s3_endpoint_names_url_and_variable():
+    root = StorageRoot(
+        "s3://sigma-test/x", endpoint_url="http://127.0.0.1:9", access_key_id="a", secret_access_key="b"
+    )
+    with pytest.raises(
+        StorageError, match=r"SIGMA_STORAGE_URL=s3://sigma-test/x .*127\.0\.0\.1:9 \(AWS_ENDPOINT_URL\)"
+    ):
+        root.prepare()
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"SIGMA_NUM_SHARDS": "zero"}, "SIGMA_NUM_SHARDS='zero': expected a positive integer"),
+        ({"SIGMA_POLICY_BACKEND": "tpu"}, "SIGMA_POLICY_BACKEND='tpu': expected one of"),
+        ({"SIGMA_STORAGE_URL": "gs://bucket"}, "use a local path or s3://"),
+        ({"SIGMA_POLICY_BACKEND": "openai"}, "needs SIGMA_POLICY_BASE_URL"),
+    ],
+)
+def test_bad_settings_name_the_variable(env, message):
+    with pytest.raises(SettingsError, match=message.replace("(", r"\(")):
+        Settings.from_env(env)
+
+
+def test_critic_defaults_follow_the_api_key():
+    assert Settings.from_env({}).critic_backend == "transformers"
+    with_key = Settings.from_env({"OPENAI_API_KEY": "sk-test"})
+    assert (with_key.critic_backend, with_key.critic_model) == ("openai", "gpt-4o-mini")
+
+
+def test_atomic_write_leaves_no_partial_file(tmp_path):
+    from sigma_assets.storage import write_atomic
+
+    target = UPath(tmp_path / "dir" / "x.bin")
+    write_atomic(target, b"one")
+    write_atomic(target, b"two")
+    assert target.read_bytes() == b"two"
+    assert [p.name for p in (tmp_path / "dir").iterdir()] == ["x.bin"]
