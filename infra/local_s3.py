@@ -4,6 +4,8 @@ Used by the tests (through a pytest fixture) and by hand:
 
     python infra/local_s3.py DATA_DIR      # serves S3 on 127.0.0.1:8333 until Ctrl-C
 
+Tests take free ports instead, so parallel runs never collide.
+
 Credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (the server enforces signatures).
 """
 
@@ -20,7 +22,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-S3_PORT = 8333
+DEFAULT_S3_PORT = 8333
+# Every listening port of `weed mini`; tests give each its own free port so servers never collide.
+_PORT_FLAGS = (
+    "s3.port", "s3.port.grpc", "master.port", "master.port.grpc", "filer.port", "filer.port.grpc",
+    "volume.port", "volume.port.grpc", "admin.port", "admin.port.grpc", "webdav.port", "metricsPort",
+)  # fmt: skip
 
 
 def weed_binary() -> str:
@@ -30,6 +37,12 @@ def weed_binary() -> str:
     return found
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def _port_open(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.2)
@@ -37,24 +50,42 @@ def _port_open(port: int) -> bool:
 
 
 @contextlib.contextmanager
-def local_s3(data_dir: Path, access_key: str, secret_key: str, timeout_s: float = 60.0) -> Iterator[str]:
-    """Run `weed mini` with its own data folder; yields the endpoint URL and stops the server on exit."""
-    if _port_open(S3_PORT):
-        raise RuntimeError(f"127.0.0.1:{S3_PORT} is taken: stop the other S3 server first")
+def local_s3(
+    data_dir: Path, access_key: str, secret_key: str, timeout_s: float = 60.0, s3_port: int | None = None
+) -> Iterator[str]:
+    """Run `weed mini` with its own data folder; yields the endpoint URL and stops the server on exit.
+
+    With `s3_port=None` every port is a free one, so several servers (parallel test runs) coexist.
+    """
+    ports = {flag: _free_port() for flag in _PORT_FLAGS}
+    if s3_port is not None:
+        if _port_open(s3_port):
+            raise RuntimeError(f"127.0.0.1:{s3_port} is taken: stop the other S3 server first")
+        ports["s3.port"] = s3_port
     data_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key}
     log = open(data_dir / "weed.log", "wb")  # noqa: SIM115 - closed in finally
     process = subprocess.Popen(
-        [weed_binary(), "mini", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-admin.ui=false"],
+        [
+            weed_binary(),
+            "mini",
+            f"-dir={data_dir}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            "-admin.ui=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            *(f"-{flag}={port}" for flag, port in ports.items()),
+        ],  # fmt: skip
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    endpoint = f"http://127.0.0.1:{S3_PORT}"
+    endpoint = f"http://127.0.0.1:{ports['s3.port']}"
     try:
         deadline = time.monotonic() + timeout_s
-        while not _s3_ready(endpoint, access_key, secret_key):
+        while not _s3_ready(endpoint, ports["s3.port"], access_key, secret_key):
             if process.poll() is not None or time.monotonic() > deadline:
                 tail = (data_dir / "weed.log").read_text(errors="replace")[-2000:]
                 raise RuntimeError(f"weed mini did not start on {endpoint}:\n{tail}")
@@ -70,8 +101,8 @@ def local_s3(data_dir: Path, access_key: str, secret_key: str, timeout_s: float 
         log.close()
 
 
-def _s3_ready(endpoint: str, access_key: str, secret_key: str) -> bool:
-    if not _port_open(S3_PORT):
+def _s3_ready(endpoint: str, port: int, access_key: str, secret_key: str) -> bool:
+    if not _port_open(port):
         return False
     import s3fs
 
@@ -86,7 +117,7 @@ if __name__ == "__main__":
     directory = Path(sys.argv[1] if len(sys.argv) > 1 else ".cache/s3")
     key = os.environ.get("AWS_ACCESS_KEY_ID", "sigma")
     secret = os.environ.get("AWS_SECRET_ACCESS_KEY", "sigma-secret")
-    with local_s3(directory, key, secret) as url:
+    with local_s3(directory, key, secret, s3_port=DEFAULT_S3_PORT) as url:
         print(f"S3 on {url} (AWS_ACCESS_KEY_ID={key}); Ctrl-C stops it", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             signal.pause()

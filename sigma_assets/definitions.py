@@ -7,11 +7,11 @@ from typing import Any
 
 import dagster as dg
 
-from sigma_assets.assets import problems
-from sigma_assets.assets.partitions import SETTINGS, SHARDS
+from sigma_assets.assets import problems, search
+from sigma_assets.assets.partitions import SETTINGS
 from sigma_assets.io_manager import AtomicParquetIOManager
-from sigma_assets.resources import ProblemsResource, StorageResource
-from sigma_assets.settings import Settings
+from sigma_assets.resources import LLMResource, ProblemsResource, StorageResource
+from sigma_assets.settings import BUNDLED_SMOLLM2, Settings
 
 
 def _secret(name: str) -> Any:
@@ -44,17 +44,39 @@ def build_resources(settings: Settings) -> dict[str, Any]:
             base_dir=settings.storage_url.rstrip("/") + "/assets", storage_options=storage_options
         ),
         "problems": ProblemsResource(source=settings.problems, num_shards=settings.num_shards),
+        "policy": LLMResource(
+            backend=settings.policy_backend,
+            model=settings.policy_model,
+            base_url=settings.policy_base_url,
+            api_key=_secret("SIGMA_POLICY_API_KEY"),
+        ),
+        "critic": LLMResource(
+            backend=settings.critic_backend,
+            model=settings.critic_model,
+            base_url=settings.critic_base_url,
+            api_key=_secret("OPENAI_API_KEY"),
+            concurrency=settings.critic_concurrency,
+        ),
     }
 
 
-ASSETS = dg.load_assets_from_modules([problems])
-CHECKS = dg.load_asset_checks_from_modules([problems])
+def demo_run_config(settings: Settings) -> dict[str, Any]:
+    """The job's default config: the paper's budget, or a small one when the policy is the bundled
+    135M model on CPU (it decodes tens of tokens per second), so the embedded defaults finish in minutes."""
+    if settings.policy_model != BUNDLED_SMOLLM2:
+        return {}
+    search_budget = {"simulations": 3, "max_depth": 6, "step_max_tokens": 40, "rollout_max_tokens": 80}
+    return {"ops": {"mcts_trees": {"config": search_budget}}}
+
+
+ASSETS = dg.load_assets_from_modules([problems, search])
+CHECKS = dg.load_asset_checks_from_modules([problems, search])
 
 generation_job = dg.define_asset_job(
     "generation_job",
     selection=dg.AssetSelection.assets(*ASSETS),
-    partitions_def=SHARDS,
     description="Problems through refined paths, one run per shard.",
+    config=demo_run_config(SETTINGS) or None,
 )
 
 defs = dg.Definitions(

@@ -61,6 +61,7 @@ class FaultConfig:
     fail_requests: dict[int, str] = field(default_factory=dict)  # 1-based request ordinal -> fault kind
     seed: int | None = 0  # seeds the fault generator, so random fault sequences are reproducible
     api_key: str | None = None  # when set, requests need `Authorization: Bearer <api_key>`
+    ignore_n: bool = False  # answer one choice whatever `n` asks, as some OpenAI-compatible servers do
 
     def __post_init__(self) -> None:
         self.fault_kinds = tuple(self.fault_kinds)
@@ -204,7 +205,7 @@ def build_app(state: _State) -> web.Application:
             req = json.loads(await request.read())
             if not isinstance(req, dict):
                 raise TypeError("request body must be a JSON object")
-            n = int(req.get("n") or 1)
+            n = 1 if state.config.ignore_n else int(req.get("n") or 1)
             if chat:
                 prompts = [_chat_prompt_text(req.get("messages"))]
             else:

@@ -133,6 +133,7 @@ class LLMClient:
         self.retry = retry
         self.usage = Usage(model=backend.model)
         self._limiter: AdaptiveLimiter | None = None
+        self._limiter_loop: asyncio.AbstractEventLoop | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
 
@@ -176,11 +177,20 @@ class LLMClient:
     async def agenerate(
         self, requests: Sequence[GenerationRequest], validate: Validator | None = None
     ) -> list[list[Sample]]:
-        if self._limiter is None:
+        loop = asyncio.get_running_loop()
+        if self._limiter is None or self._limiter_loop is not loop:
+            # asyncio primitives belong to one loop; a caller on another loop (asyncio.run twice) gets a
+            # fresh limiter that keeps the learned limit.
+            previous = self._limiter
             self._limiter = AdaptiveLimiter(self.concurrency)
+            if previous is not None:
+                self._limiter.limit = previous.limit
+            self._limiter_loop = loop
         backend = self.backend
         results: list[list[Sample | None]] = []
         missing: list[_Missing] = []
+        asked: set[str] = set()
+        duplicates: list[tuple[int, int, str]] = []  # (position, index, key) asked for earlier in this call
         for position, request in enumerate(requests):
             keys = [
                 sample_key(backend.name, backend.endpoint, backend.model, request, index)
@@ -189,7 +199,17 @@ class LLMClient:
             found = [self.store.get(key) if self.store is not None else None for key in keys]
             self.usage.store_hits += sum(sample is not None for sample in found)
             results.append(list(found))
-            todo = [index for index, sample in enumerate(found) if sample is None]
+            todo = []
+            for index, sample in enumerate(found):
+                if sample is not None:
+                    continue
+                if keys[index] in asked:
+                    # The same sample twice in one call: pay once, and answer both alike, as a rerun
+                    # from the store would.
+                    duplicates.append((position, index, keys[index]))
+                else:
+                    asked.add(keys[index])
+                    todo.append(index)
             if todo:
                 missing.append(_Missing(position, request, keys, todo))
         step = max(1, backend.max_batch)
@@ -200,11 +220,15 @@ class LLMClient:
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
+        generated: dict[str, Sample] = {}
         for batch, outcome in zip(batches, outcomes, strict=True):
             assert not isinstance(outcome, BaseException)
             for item, samples in zip(batch, outcome, strict=True):
                 for index, sample in zip(item.todo, samples, strict=True):
                     results[item.position][index] = sample
+                    generated[item.keys[index]] = sample
+        for position, index, key in duplicates:
+            results[position][index] = generated[key]
         return [[sample for sample in row if sample is not None] for row in results]
 
     async def _call(self, batch: list[_Missing], validate: Validator | None) -> list[list[Sample]]:

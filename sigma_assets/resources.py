@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import dagster as dg
 
+from sigma_assets.llm_client import LLMClient, RetrySettings
+from sigma_assets.models import build_backend
 from sigma_assets.problems import ColumnNames, LoadedProblems, load_problems
+from sigma_assets.response_store import ResponseStore
+from sigma_assets.settings import BUNDLED_SMOLLM2
 from sigma_assets.storage import StorageRoot
 
 
@@ -41,3 +48,35 @@ class ProblemsResource(dg.ConfigurableResource):
             problem=self.problem_column, answer=self.answer_column, problem_id=self.id_column
         )
         return load_problems(self.source, columns, storage.storage_options)
+
+
+class LLMResource(dg.ConfigurableResource):
+    """One model role (policy or critic): its backend, model and limits; every call goes through
+    `LLMClient`, with responses kept in the store under `<root>/responses/<namespace>/`."""
+
+    backend: str = "transformers"
+    model: str = BUNDLED_SMOLLM2
+    base_url: str | None = None
+    api_key: str | None = None  # set through EnvVar("OPENAI_API_KEY"): never in config or logs
+    concurrency: int = 16
+    max_attempts: int = 6
+    timeout_s: float = 600.0
+    device: str = "auto"
+
+    @contextmanager
+    def client(self, storage: StorageRoot, namespace: str) -> Iterator[LLMClient]:
+        backend = build_backend(self.backend, self.model, self.base_url, self.api_key, self.device)
+        store = ResponseStore(storage.path(), namespace).load()
+        client = LLMClient(
+            backend,
+            store,
+            self.concurrency,
+            RetrySettings(max_attempts=self.max_attempts, timeout_s=self.timeout_s),
+        )
+        try:
+            yield client
+        finally:
+            client.close()
+            # Many small segments slow the next load; one merged segment per namespace keeps it quick.
+            if store.segments_written + store.loaded_segments > 16:
+                store.compact()

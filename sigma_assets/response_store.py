@@ -75,7 +75,7 @@ class ResponseStore:
     def _segment_paths(self) -> list[UPath]:
         try:
             return sorted(p for p in self.directory.iterdir() if p.name.endswith(SEGMENT_SUFFIX))
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # S3 reports a missing prefix as "not a directory"
             return []
 
     def get(self, key: str) -> Sample | None:

@@ -49,10 +49,14 @@ class TransformersBackend:
         dtype: Any = "auto",
         batch_size: int = 16,
         max_batch: int = 64,
+        model_name: str | None = None,
     ) -> None:
         if batch_size < 1 or max_batch < 1:
             raise ValueError("batch_size and max_batch must be at least 1")
-        self.model = str(model_path)
+        self.path = str(model_path)
+        # The name that identifies the model in store keys and metadata: stable across machines,
+        # unlike the folder a model was converted into.
+        self.model = model_name or self.path
         self.max_batch = max_batch
         self.batch_size = batch_size  # prompts per `model.generate` call (each expands to n sequences)
         self._device_spec = device
@@ -71,7 +75,7 @@ class TransformersBackend:
             if self._tokenizer is None:
                 from transformers import AutoTokenizer
 
-                tokenizer = AutoTokenizer.from_pretrained(self.model)
+                tokenizer = AutoTokenizer.from_pretrained(self.path)
                 tokenizer.padding_side = "left"  # decoder-only generation continues from the right edge
                 if tokenizer.pad_token is None:
                     tokenizer.pad_token = tokenizer.eos_token
@@ -86,7 +90,7 @@ class TransformersBackend:
 
                 device = _resolve_device(self._device_spec)
                 model = AutoModelForCausalLM.from_pretrained(
-                    self.model, dtype=_resolve_dtype(self._dtype_spec, device)
+                    self.path, dtype=_resolve_dtype(self._dtype_spec, device)
                 )
                 model.to(device)
                 model.eval()

@@ -7,6 +7,7 @@ distinct seeds.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -41,19 +42,33 @@ class OpenAIBackend:
         self.model = model
         self.endpoint = base_url or "https://api.openai.com/v1"
         self.extra_body = extra_body or {}
-        # A local server needs no key, but the SDK insists on one; the key never enters the store key.
-        self._client = openai.AsyncOpenAI(
-            base_url=self.endpoint,
-            api_key=api_key or "unused",
-            max_retries=0,
-            timeout=timeout_s,
-            http_client=httpx.AsyncClient(
-                limits=httpx.Limits(
-                    max_connections=max_connections, max_keepalive_connections=max_connections
-                ),
-                timeout=timeout_s,
-            ),
-        )
+        self._api_key = api_key
+        self._timeout_s = timeout_s
+        self._max_connections = max_connections
+        # An httpx pool belongs to the event loop it was first used on, so the SDK client is made per
+        # loop on first use (a caller may run the client under asyncio.run more than once).
+        self._client: openai.AsyncOpenAI | None = None
+        self._client_loop: asyncio.AbstractEventLoop | None = None
+
+    def __repr__(self) -> str:  # never shows the key
+        return f"OpenAIBackend(model={self.model!r}, endpoint={self.endpoint!r})"
+
+    def _sdk(self) -> openai.AsyncOpenAI:
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._client_loop is not loop:
+            limits = httpx.Limits(
+                max_connections=self._max_connections, max_keepalive_connections=self._max_connections
+            )
+            # A local server needs no key, but the SDK insists on one; the key never enters the store key.
+            self._client = openai.AsyncOpenAI(
+                base_url=self.endpoint,
+                api_key=self._api_key or "unused",
+                max_retries=0,
+                timeout=self._timeout_s,
+                http_client=httpx.AsyncClient(limits=limits, timeout=self._timeout_s),
+            )
+            self._client_loop = loop
+        return self._client
 
     async def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Sample]]:
         return [await self._one(request) for request in requests]
@@ -87,10 +102,10 @@ class OpenAIBackend:
                 if params.json_output:
                     common["response_format"] = {"type": "json_object"}
                 messages: Any = [{"role": m.role, "content": m.content} for m in request.messages]
-                response = await self._client.chat.completions.create(messages=messages, **common)
+                response = await self._sdk().chat.completions.create(messages=messages, **common)
                 texts = [(c.message.content or "", c.finish_reason) for c in response.choices]
             else:
-                response = await self._client.completions.create(prompt=request.prompt or "", **common)
+                response = await self._sdk().completions.create(prompt=request.prompt or "", **common)
                 texts = [(c.text, c.finish_reason) for c in response.choices]
         except openai.RateLimitError as exc:
             raise RateLimited(_describe(exc), retry_after_s=_retry_after(exc.response)) from exc
@@ -124,7 +139,9 @@ class OpenAIBackend:
         ]
 
     async def close(self) -> None:
-        await self._client.close()
+        client, self._client = self._client, None
+        if client is not None and self._client_loop is asyncio.get_running_loop():
+            await client.close()  # a client of a finished loop has nothing left to close there
 
 
 def _describe(exc: openai.APIStatusError) -> str:

@@ -1,0 +1,190 @@
+"""mcts_trees and sibling_sets: batched MCTS with the policy model, then the siblings of each selected step."""
+
+import json
+from dataclasses import asdict
+
+import dagster as dg
+import polars as pl
+
+from sigma_assets.assets.partitions import ONE_RUN_PER_SHARD, SHARDS
+from sigma_assets.grading import AnswerChecker
+from sigma_assets.mcts import (
+    MCTSSettings,
+    render_tree_markdown,
+    run_search,
+    selected_path,
+    tree_rows,
+    trees_from_rows,
+)
+from sigma_assets.resources import LLMResource, StorageResource
+from sigma_assets.siblings import sibling_sets as siblings_of
+
+TREE_SCHEMA = {
+    "problem_id": pl.String,
+    "node_id": pl.String,
+    "parent_id": pl.String,
+    "depth": pl.Int64,
+    "step": pl.String,
+    "visits": pl.Int64,
+    "value": pl.Float64,
+    "q": pl.Float64,
+    "terminal": pl.Boolean,
+    "answer": pl.String,
+    "correct": pl.Boolean,
+    "rollout_answer": pl.String,
+    "rollout_correct": pl.Boolean,
+    "on_selected_path": pl.Boolean,
+}
+_OUTCOME = pl.Struct(
+    {"leaf_id": pl.String, "answer": pl.String, "correct": pl.Boolean, "terminal": pl.Boolean}
+)
+_SIBLING = pl.Struct(
+    {"node_id": pl.String, "step": pl.String, "q": pl.Float64, "visits": pl.Int64, "outcome": _OUTCOME}
+)
+SIBLING_SCHEMA = {
+    "problem_id": pl.String,
+    "depth": pl.Int64,
+    "history": pl.List(pl.String),
+    "selected_node_id": pl.String,
+    "selected_step": pl.String,
+    "selected_q": pl.Float64,
+    "selected_visits": pl.Int64,
+    "siblings": pl.List(_SIBLING),
+}
+
+# A shard run that dies (a lost machine, an OOM) is retried; finished calls replay from the store.
+SHARD_RETRY = dg.RetryPolicy(
+    max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
+)
+
+
+class SearchConfig(dg.Config):
+    """MCTS settings (DESIGN §1); the defaults are the paper's, except simulations (peers use 16-48)."""
+
+    simulations: int = 16
+    n_children: int = 3
+    max_depth: int = 16
+    temperature: float = 0.7
+    top_p: float = 1.0
+    exploration: float = 1.0
+    rollout: str = "policy"
+    step_max_tokens: int = 256
+    rollout_max_tokens: int = 1024
+    seed: int = 0
+    answer_timeout_s: float = 5.0
+
+    def to_settings(self) -> MCTSSettings:
+        return MCTSSettings(
+            simulations=self.simulations,
+            n_children=self.n_children,
+            max_depth=self.max_depth,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            exploration=self.exploration,
+            rollout=self.rollout,  # type: ignore[arg-type]  # validated by MCTSSettings
+            step_max_tokens=self.step_max_tokens,
+            rollout_max_tokens=self.rollout_max_tokens,
+            seed=self.seed,
+        )
+
+
+@dg.asset(
+    partitions_def=SHARDS,
+    backfill_policy=ONE_RUN_PER_SHARD,
+    retry_policy=SHARD_RETRY,
+    pool="llm_policy",
+    group_name="generation",
+    kinds={"polars", "parquet"},
+    description="One row per MCTS node: every problem of the shard searched with the policy model.",
+)
+def mcts_trees(
+    context: dg.AssetExecutionContext,
+    config: SearchConfig,
+    raw_problems: pl.DataFrame,
+    policy: LLMResource,
+    storage: StorageResource,
+) -> pl.DataFrame:
+    settings = config.to_settings()
+    problems = [(r["problem_id"], r["problem"], r["answer"]) for r in raw_problems.iter_rows(named=True)]
+    with (
+        policy.client(storage.root(), f"policy/{context.partition_key}") as client,
+        AnswerChecker(timeout_s=config.answer_timeout_s) as checker,
+    ):
+        result = run_search(problems, client.generate, checker.check_many, settings)
+        usage, timeouts = client.usage, checker.timeouts
+    frame = pl.DataFrame([row for tree in result.trees for row in tree_rows(tree)], schema=TREE_SCHEMA)
+    solved = [tree for tree in result.trees if selected_path(tree) is not None]
+    preview_tree = solved[0] if solved else (result.trees[0] if result.trees else None)
+    context.add_output_metadata(
+        {
+            "dagster/row_count": frame.height,
+            "trees": len(result.trees),
+            "nodes": frame.height,
+            "solved_share": round(len(solved) / len(result.trees), 4) if result.trees else 0.0,
+            "mean_depth": round(float(frame.filter(pl.col("depth") > 0)["depth"].mean() or 0.0), 3),
+            "rounds": result.rounds,
+            "generate_calls": result.generate_calls,
+            "answer_check_timeouts": timeouts,
+            **usage.as_metadata("policy_"),
+            "policy_backend": policy.backend,
+            "settings": dg.MetadataValue.json(asdict(settings) | {"prompt_template": "chatml"}),
+            "preview": dg.MetadataValue.md(
+                render_tree_markdown(preview_tree) if preview_tree else "no trees"
+            ),
+        }
+    )
+    return frame
+
+
+@dg.asset(
+    partitions_def=SHARDS,
+    backfill_policy=ONE_RUN_PER_SHARD,
+    group_name="generation",
+    kinds={"polars", "parquet"},
+    description="Per depth of each selected path: the shared history, the selected step and its siblings.",
+)
+def sibling_sets(context: dg.AssetExecutionContext, mcts_trees: pl.DataFrame) -> pl.DataFrame:
+    trees = trees_from_rows(mcts_trees.to_dicts())
+    rows = [s.to_row() for tree in trees for s in siblings_of(tree)]
+    frame = pl.DataFrame(rows, schema=SIBLING_SCHEMA)
+    unsolved = sorted({tree.problem_id for tree in trees} - set(frame["problem_id"].to_list()))
+    if unsolved:
+        context.log.info(f"{len(unsolved)} problems reached no correct leaf and yield no sample: {unsolved}")
+    context.add_output_metadata(
+        {
+            "dagster/row_count": frame.height,
+            "problems_with_path": frame["problem_id"].n_unique(),
+            "problems_without_correct_leaf": len(unsolved),
+            "without_correct_leaf": dg.MetadataValue.json(unsolved),
+            "mean_siblings": round(float(frame["siblings"].list.len().mean() or 0.0), 3),
+            "preview": dg.MetadataValue.md(_sibling_preview(frame)),
+        }
+    )
+    return frame
+
+
+def _sibling_preview(frame: pl.DataFrame) -> str:
+    if frame.is_empty():
+        return "no selected paths in this shard"
+    first = frame.filter(pl.col("problem_id") == frame["problem_id"][0])
+    lines = [
+        f"**{first['problem_id'][0]}**",
+        "",
+        "| depth | selected (Q) | siblings (Q → outcome) |",
+        "|---|---|---|",
+    ]
+    for row in first.iter_rows(named=True):
+        siblings = "<br>".join(
+            f"{_cell(s['step'])} ({s['q']:+.2f} → {json.dumps(s['outcome']['answer'])}, "
+            f"{'✓' if s['outcome']['correct'] else '✗'})"
+            for s in row["siblings"]
+        )
+        lines.append(
+            f"| {row['depth']} | {_cell(row['selected_step'])} ({row['selected_q']:+.2f}) | {siblings} |"
+        )
+    return "\n".join(lines)
+
+
+def _cell(text: str, limit: int = 100) -> str:
+    text = text.replace("|", "\\|").replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 1] + "…"

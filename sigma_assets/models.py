@@ -1,0 +1,49 @@
+"""Which backend serves a model role (policy or critic), built from plain settings."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from sigma_assets.generation import Backend
+from sigma_assets.settings import BUNDLED_SMOLLM2, PROJECT_ROOT
+
+DEFAULT_MODEL_CACHE = PROJECT_ROOT / ".cache" / "models"
+
+
+def model_cache_dir() -> Path:
+    return Path(os.environ.get("SIGMA_MODEL_CACHE", str(DEFAULT_MODEL_CACHE)))
+
+
+def resolve_local_model(model: str) -> str:
+    """A local model folder for `model`: the bundled SmolLM2 is converted once into the model cache."""
+    if model == BUNDLED_SMOLLM2:
+        from sigma_assets.local_models import ensure_smollm2
+
+        return str(ensure_smollm2(model_cache_dir()))
+    return model
+
+
+def build_backend(
+    backend: str,
+    model: str,
+    base_url: str | None = None,
+    api_key: str | None = None,
+    device: str = "auto",
+    max_batch: int = 64,
+) -> Backend:
+    if backend == "transformers":
+        from sigma_assets.backends.hf_local import TransformersBackend
+
+        return TransformersBackend(
+            resolve_local_model(model), device=device, max_batch=max_batch, model_name=model
+        )
+    if backend == "openai":
+        from sigma_assets.backends.openai_compat import OpenAIBackend
+
+        return OpenAIBackend(model, base_url=base_url, api_key=api_key)
+    if backend == "vllm":
+        from sigma_assets.backends.vllm_engine import VLLMBackend
+
+        return VLLMBackend(resolve_local_model(model))  # vLLM loads the converted folder itself
+    raise ValueError(f"unknown backend {backend!r}: expected transformers, openai or vllm")

@@ -1,0 +1,94 @@
+"""mcts_trees and sibling_sets through Dagster: a scripted policy server on S3, and the tiny local model."""
+
+from __future__ import annotations
+
+import re
+
+import dagster as dg
+import polars as pl
+
+from sigma_assets.assets.problems import raw_problems
+from sigma_assets.assets.search import mcts_trees, sibling_sets
+from sigma_assets.definitions import build_resources
+from sigma_assets.fault_server import FaultServer
+from sigma_assets.resources import LLMResource
+from sigma_assets.settings import Settings
+from sigma_assets.shards import shard_of
+
+SEARCH_CONFIG = {"simulations": 4, "max_depth": 4, "step_max_tokens": 32, "rollout_max_tokens": 64}
+
+
+def arithmetic_policy(request: dict, sample_index: int) -> str:
+    """A policy that restates the question, then answers right (sample 0) or wrong (others)."""
+    question = re.findall(r"What is (\d+) \+ (\d+)\?", request.get("prompt", ""))
+    a, b = (int(x) for x in question[-1]) if question else (0, 0)
+    if "Let us add" not in request.get("prompt", "") and sample_index < 2:
+        return "Let us add the two numbers."
+    return f"So the answer is \\boxed{{{a + b if sample_index == 0 else a + b + 1}}}."
+
+
+def shard_with_problems(settings: Settings) -> str:
+    from sigma_assets.problems import load_problems
+
+    problems = load_problems(settings.problems).problems
+    return shard_of(problems[3].problem_id, settings.num_shards)  # problem 3 is "What is a + b?"
+
+
+def materialize(settings: Settings, policy: LLMResource, key: str, instance: dg.DagsterInstance):
+    resources = build_resources(settings) | {"policy": policy}
+    return dg.materialize(
+        [raw_problems, mcts_trees, sibling_sets],
+        partition_key=key,
+        resources=resources,
+        instance=instance,
+        run_config={"ops": {"mcts_trees": {"config": SEARCH_CONFIG}}},
+    )
+
+
+def test_search_on_s3_with_a_policy_server_replays_from_the_store(s3_env):
+    settings = Settings.from_env()
+    key = shard_with_problems(settings)
+    instance = dg.DagsterInstance.ephemeral()
+    with FaultServer(responder=arithmetic_policy) as server:
+        policy = LLMResource(backend="openai", model="scripted-policy", base_url=server.base_url)
+        first = materialize(settings, policy, key, instance)
+        assert first.success
+        calls = server.stats()["total"]
+        assert calls > 0
+        trees = first.output_for_node("mcts_trees")
+        siblings = first.output_for_node("sibling_sets")
+        metadata = first.asset_materializations_for_node("mcts_trees")[0].metadata
+        assert metadata["trees"].value == first.output_for_node("raw_problems").height
+        assert metadata["policy_requests"].value == calls
+        # "What is a + b?" problems are solved by sample 0; their paths have siblings.
+        assert metadata["solved_share"].value > 0
+        assert siblings.height > 0 and siblings["siblings"].list.len().max() <= 2
+        assert trees.filter(pl.col("on_selected_path") & pl.col("terminal"))["correct"].all()
+
+        second = materialize(settings, policy, key, instance)
+        assert second.success
+        assert server.stats()["total"] == calls  # every call replayed from the response store on S3
+        assert second.output_for_node("mcts_trees").equals(trees)
+        replay = second.asset_materializations_for_node("mcts_trees")[0].metadata
+        assert replay["policy_store_hits"].value > 0 and replay["policy_requests"].value == 0
+
+
+def test_search_with_the_tiny_local_model(tmp_path, tiny_model_dir):
+    settings = Settings.from_env(
+        {"SIGMA_STORAGE_URL": str(tmp_path / "store"), "SIGMA_PROBLEMS": "arithmetic:8"}
+    )
+    key = shard_with_problems(settings)
+    policy = LLMResource(backend="transformers", model=str(tiny_model_dir), device="cpu")
+    result = materialize(settings, policy, key, dg.DagsterInstance.ephemeral())
+    assert result.success
+    trees = result.output_for_node("mcts_trees")
+    problems = result.output_for_node("raw_problems")
+    assert set(trees["problem_id"]) == set(problems["problem_id"])
+    # Every expanded node has exactly n = 3 children; depth stays within the limit.
+    children = trees.filter(pl.col("parent_id").is_not_null()).group_by("problem_id", "parent_id").len()
+    assert children["len"].unique().to_list() == [3]
+    assert trees["depth"].max() <= SEARCH_CONFIG["max_depth"]
+    assert (trees["q"].abs() <= 1).all()
+    metadata = result.asset_materializations_for_node("sibling_sets")[0].metadata
+    unsolved = metadata["problems_without_correct_leaf"].value
+    assert unsolved + metadata["problems_with_path"].value == problems.height
