@@ -57,7 +57,9 @@ PARAMS = SamplingParams(max_tokens=32)
 
 def requests_for(count: int, tag: str) -> list[GenerationRequest]:
     return [
-        GenerationRequest(messages=(Message("user", f"{tag} question {i}: what is {i} + {i}?"),), params=PARAMS)
+        GenerationRequest(
+            messages=(Message("user", f"{tag} question {i}: what is {i} + {i}?"),), params=PARAMS
+        )
         for i in range(count)
     ]
 
@@ -202,7 +204,9 @@ def throughput(env: Env, count: int, reps: int) -> dict[str, Any]:
         return await run_layer(env.server.base_url, requests, concurrency, root, namespaces[-1])
 
     print(f"throughput: {count} requests, {latency * 1000:.0f} ms latency, concurrency {concurrency}")
-    results = alternate(env, {"bare": lambda: run_bare(env.server.base_url, requests, concurrency), "layer": layer}, reps)
+    results = alternate(
+        env, {"bare": lambda: run_bare(env.server.base_url, requests, concurrency), "layer": layer}, reps
+    )
     ideal = concurrency / latency
     bare, lay = mean_rps(results["bare"]), mean_rps(results["layer"])
     return {
@@ -235,7 +239,11 @@ def overhead(env: Env, count: int, reps: int) -> dict[str, Any]:
     print(f"overhead: {count} requests, {latency * 1000:.0f} ms latency, concurrency {concurrency}")
     results = alternate(
         env,
-        {"bare": lambda: run_bare(env.server.base_url, requests, concurrency), "layer": layer, "bare+put": bare_put},
+        {
+            "bare": lambda: run_bare(env.server.base_url, requests, concurrency),
+            "layer": layer,
+            "bare+put": bare_put,
+        },
         reps,
     )
     bare = mean_rps(results["bare"])
@@ -255,7 +263,9 @@ def replay(env: Env, first: dict[str, Any]) -> dict[str, Any]:
     before = env.server_total()
     result = asyncio.run(run_layer(env.server.base_url, requests, 64, root, namespace, load=True))
     reached = env.server_total() - before
-    print(f"replay: {result['seconds']:.2f} s (load {result['load_seconds']:.2f} s), {reached} requests reached")
+    print(
+        f"replay: {result['seconds']:.2f} s (load {result['load_seconds']:.2f} s), {reached} requests reached"
+    )
     return {
         "reached_server": reached,
         "seconds": result["seconds"],
@@ -361,7 +371,8 @@ def report(results: dict[str, Any], quick: bool, seconds: float) -> str:
     rows = [
         (
             "Throughput (500 ms latency, concurrency 64): layer req/s ÷ bare req/s",
-            f"{t['layer_of_bare']:.3f} (layer {t['layer_of_ideal']:.3f} of ideal, bare {t['bare_of_ideal']:.3f})",
+            f"{t['layer_of_bare']:.3f} (of ideal: layer {t['layer_of_ideal']:.3f}, "
+            f"bare {t['bare_of_ideal']:.3f})",
             "≥ 0.97",
         ),
         (
@@ -377,7 +388,8 @@ def report(results: dict[str, Any], quick: bool, seconds: float) -> str:
             "0",
         ),
         (
-            "Faults (20%: 429, 500, timeout, truncated, length): completed; server requests; req/s ÷ no-fault",
+            "Faults (20%: 429, 500, timeout, truncated, length): completed; server requests; "
+            "req/s ÷ no-fault",
             f"{f['completed']} completed; server saw {f['server_requests']}; {f['of_no_fault']:.3f} "
             f"(bare without retries: {f['bare_failed']} failed)",
             "all complete",
@@ -398,16 +410,6 @@ def report(results: dict[str, Any], quick: bool, seconds: float) -> str:
     return "\n".join(lines)
 
 
-def wait_for_s3_port(timeout_s: float = 600.0) -> None:
-    """local_s3 has a fixed port: wait while another S3 server (a test session) holds it."""
-    from local_s3 import S3_PORT, _port_open
-
-    deadline = time.monotonic() + timeout_s
-    while _port_open(S3_PORT) and time.monotonic() < deadline:
-        print(f"127.0.0.1:{S3_PORT} is taken; waiting for it to be free", flush=True)
-        time.sleep(5)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer requests and repetitions")
@@ -423,23 +425,29 @@ def main() -> None:
     count = 400 if args.quick else 2000
     reps = 1 if args.quick else 2
     started = time.perf_counter()
-    wait_for_s3_port()
-    with tempfile.TemporaryDirectory(prefix="bench-s3-") as tmp, local_s3(Path(tmp), S3_KEY, S3_SECRET) as endpoint:
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-s3-") as tmp,
+        local_s3(Path(tmp), S3_KEY, S3_SECRET) as endpoint,
+    ):
         import s3fs
 
-        s3fs.S3FileSystem(key=S3_KEY, secret=S3_SECRET, client_kwargs={"endpoint_url": endpoint}).mkdir(BUCKET)
+        s3fs.S3FileSystem(key=S3_KEY, secret=S3_SECRET, client_kwargs={"endpoint_url": endpoint}).mkdir(
+            BUCKET
+        )
         with FaultServerProcess(FaultConfig(model=MODEL)) as server:
             env = Env(server, endpoint, args.quick)
             results: dict[str, Any] = {}
             results["throughput"] = throughput(env, count, reps)
             results["replay"] = replay(env, results["throughput"])
-            results["overhead"] = overhead(env, 2 * count, reps)
+            results["overhead"] = overhead(env, 2 * count, max(1, reps - 1))  # CPU-bound: long runs
             results["faults"] = faults(env, count, results["throughput"]["layer_rps"])
             results["crash"] = crash(env, count)
     table = report(results, args.quick, time.perf_counter() - started)
     print(table)
     if args.json:
-        clean = {k: {kk: vv for kk, vv in v.items() if kk not in ("requests", "root")} for k, v in results.items()}
+        clean = {
+            k: {kk: vv for kk, vv in v.items() if kk not in ("requests", "root")} for k, v in results.items()
+        }
         Path(args.json).write_text(json.dumps(clean, indent=2, default=str))
 
 

@@ -76,7 +76,7 @@ def local_s3(
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
             *(f"-{flag}={port}" for flag, port in ports.items()),
-        ],  # fmt: skip
+        ],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -7,7 +7,7 @@ from typing import Any
 
 import dagster as dg
 
-from sigma_assets.assets import problems, search
+from sigma_assets.assets import problems, refinement, search
 from sigma_assets.assets.partitions import SETTINGS
 from sigma_assets.io_manager import AtomicParquetIOManager
 from sigma_assets.resources import LLMResource, ProblemsResource, StorageResource
@@ -63,14 +63,24 @@ def build_resources(settings: Settings) -> dict[str, Any]:
 def demo_run_config(settings: Settings) -> dict[str, Any]:
     """The job's default config: the paper's budget, or a small one when the policy is the bundled
     135M model on CPU (it decodes tens of tokens per second), so the embedded defaults finish in minutes."""
-    if settings.policy_model != BUNDLED_SMOLLM2:
-        return {}
-    search_budget = {"simulations": 3, "max_depth": 6, "step_max_tokens": 40, "rollout_max_tokens": 80}
-    return {"ops": {"mcts_trees": {"config": search_budget}}}
+    ops: dict[str, dict[str, Any]] = {}
+    if settings.policy_model == BUNDLED_SMOLLM2:
+        ops["mcts_trees"] = {
+            "simulations": 3,
+            "max_depth": 6,
+            "step_max_tokens": 40,
+            "rollout_max_tokens": 80,
+        }
+    if settings.critic_backend == "transformers" and settings.critic_model == BUNDLED_SMOLLM2:
+        # A 135M critic cannot write the path mode's JSON: step mode asks for plain text per depth.
+        budget = {"mode": "step", "critique_step_max_tokens": 64, "revision_step_max_tokens": 48}
+        ops["critiques"] = ops["refined_paths"] = budget
+    return {"ops": {name: {"config": config} for name, config in ops.items()}}
 
 
-ASSETS = dg.load_assets_from_modules([problems, search])
-CHECKS = dg.load_asset_checks_from_modules([problems, search])
+ASSET_MODULES = [problems, search, refinement]
+ASSETS = dg.load_assets_from_modules(ASSET_MODULES)
+CHECKS = dg.load_asset_checks_from_modules(ASSET_MODULES)
 
 generation_job = dg.define_asset_job(
     "generation_job",

@@ -54,6 +54,28 @@ class SiblingSet:
         row["siblings"] = [asdict(s) for s in self.siblings]
         return row
 
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> SiblingSet:
+        """The inverse of `to_row`, e.g. for a row of the stored `sibling_sets` table."""
+        siblings = tuple(
+            Sibling(
+                node_id=s["node_id"],
+                step=s["step"],
+                q=s["q"],
+                visits=s["visits"],
+                outcome=Outcome(**s["outcome"]),
+            )
+            for s in row["siblings"]
+        )
+        fields = {k: row[k] for k in ("problem_id", "depth", "selected_node_id", "selected_step")}
+        return cls(
+            **fields,
+            history=tuple(row["history"]),
+            selected_q=row["selected_q"],
+            selected_visits=row["selected_visits"],
+            siblings=siblings,
+        )
+
 
 def _leaves(node: Node) -> list[Node]:
     if not node.children:

@@ -1,4 +1,4 @@
-"""mcts_trees and sibling_sets: batched MCTS with the policy model, then the siblings of each selected step."""
+"""mcts_trees and sibling_sets: batched MCTS with the policy model, then each selected step's siblings."""
 
 import json
 from dataclasses import asdict

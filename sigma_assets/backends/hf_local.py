@@ -10,6 +10,7 @@ import asyncio
 import gc
 import threading
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -192,8 +193,14 @@ class TransformersBackend:
         samples: list[list[Sample]] = []
         for p, prompt in enumerate(prompts):
             rows = generated[p * per_prompt : (p + 1) * per_prompt]
-            decoded = [_finish(tokenizer, row, params, eos_ids, len(prompt)) for row in rows]
-            samples.append(decoded if sampling else decoded * params.n)
+            # A prompt is read once however many samples it yields: count its tokens on the first only.
+            decoded = [
+                _finish(tokenizer, row, params, eos_ids, len(prompt) if k == 0 else 0)
+                for k, row in enumerate(rows)
+            ]
+            if not sampling:  # greedy: one decode serves all n samples; its prompt was read once
+                decoded += [replace(decoded[0], prompt_tokens=0)] * (params.n - 1)
+            samples.append(decoded)
         return samples
 
 

@@ -1,0 +1,133 @@
+"""The first five assets through Dagster, with the critic on the fault-injecting server (20% faults)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import dagster as dg
+import polars as pl
+
+from sigma_assets.assets.problems import raw_problems
+from sigma_assets.assets.refinement import (
+    critiques,
+    guard_rates,
+    no_problem_lost,
+    refined_answers_checked,
+    refined_paths,
+)
+from sigma_assets.assets.search import mcts_trees, sibling_sets
+from sigma_assets.definitions import build_resources
+from sigma_assets.fault_server import FaultServer
+from sigma_assets.resources import LLMResource
+from sigma_assets.settings import Settings
+from sigma_assets_tests.test_search_assets import SEARCH_CONFIG, arithmetic_policy, shard_with_problems
+
+ALL_FAULTS = ("429", "500", "timeout", "truncated", "invalid_json", "length")
+
+
+def scripted_critic(request: dict, sample_index: int) -> str:
+    """Specific JSON feedback for critiques; revisions that keep every step and its final answer."""
+    prompt = request["messages"][-1]["content"]
+    if "Answer with JSON only" in prompt:
+        steps = re.findall(r"^Step (\d+): (.*)$", prompt.split("Candidates at each depth", 1)[0], flags=re.M)
+        feedback = [
+            {"depth": int(d), "feedback": f"Keep '{text}' and also name both numbers."} for d, text in steps
+        ]
+        return json.dumps({"feedback": feedback})
+    solution = prompt.split("Solution:\n", 1)[1].split("\n\nFeedback:", 1)[0]
+    steps = re.findall(r"^Step \d+: (.*)$", solution, flags=re.M)
+    return "\n".join(f"Step {i}: Adding the numbers carefully, {s}" for i, s in enumerate(steps, start=1))
+
+
+def run(settings, policy, critic, key, instance):
+    return dg.materialize(
+        [
+            raw_problems,
+            mcts_trees,
+            sibling_sets,
+            critiques,
+            refined_paths,
+            no_problem_lost,
+            guard_rates,
+            refined_answers_checked,
+        ],
+        partition_key=key,
+        resources=build_resources(settings) | {"policy": policy, "critic": critic},
+        instance=instance,
+        run_config={"ops": {"mcts_trees": {"config": SEARCH_CONFIG}}},
+    )
+
+
+def test_refinement_through_faults_then_replay(tmp_path):
+    settings = Settings.from_env({"SIGMA_STORAGE_URL": str(tmp_path / "store")})
+    key = shard_with_problems(settings)
+    instance = dg.DagsterInstance.ephemeral()
+    with (
+        FaultServer(responder=arithmetic_policy) as policy_server,
+        FaultServer(
+            responder=scripted_critic,
+            fault_rate=0.2,
+            fault_kinds=ALL_FAULTS,
+            timeout_sleep_s=3.0,
+            seed=7,
+            retry_after_s=0.05,
+        ) as critic_server,
+    ):
+        policy = LLMResource(backend="openai", model="scripted-policy", base_url=policy_server.base_url)
+        critic = LLMResource(
+            backend="openai",
+            model="gpt-4o-mini",
+            base_url=critic_server.base_url,
+            timeout_s=1.0,
+            max_attempts=12,
+        )
+        first = run(settings, policy, critic, key, instance)
+        assert first.success
+        siblings = first.output_for_node("sibling_sets")
+        refined = first.output_for_node("refined_paths")
+        feedback = first.output_for_node("critiques")
+        problems = set(siblings["problem_id"])
+        assert problems and set(refined["problem_id"]) == problems
+        assert feedback.height == siblings.height  # one feedback per (problem, depth)
+        assert (
+            refined["correct"].all() and not refined["drift"].any() and not refined["generic_feedback"].any()
+        )
+        assert refined["refined_steps"].list.first().str.starts_with("Adding the numbers carefully").all()
+        assert all(c.passed for c in first.get_asset_check_evaluations())
+        stats = critic_server.stats()
+        assert stats["faults_total"] > 0  # the faults really happened, and were retried through
+        metadata = first.asset_materializations_for_node("critiques")[0].metadata
+        assert metadata["critic_cost_usd"].value > 0 and metadata["critic_retries"].value > 0
+
+        second = run(settings, policy, critic, key, instance)
+        assert second.success
+        assert critic_server.stats()["total"] == stats["total"]  # a second materialisation makes no new calls
+        assert second.output_for_node("refined_paths").equals(refined)
+
+
+def test_failed_critic_names_the_problems(tmp_path):
+    settings = Settings.from_env({"SIGMA_STORAGE_URL": str(tmp_path / "store")})
+    key = shard_with_problems(settings)
+    with (
+        FaultServer(responder=arithmetic_policy) as policy_server,
+        FaultServer(responder=scripted_critic, fault_rate=1.0, fault_kinds=("500",)) as critic_server,
+    ):
+        policy = LLMResource(backend="openai", model="scripted-policy", base_url=policy_server.base_url)
+        critic = LLMResource(
+            backend="openai", model="gpt-4o-mini", base_url=critic_server.base_url, max_attempts=2
+        )
+        result = dg.materialize(
+            [raw_problems, mcts_trees, sibling_sets, critiques],
+            partition_key=key,
+            resources=build_resources(settings) | {"policy": policy, "critic": critic},
+            instance=dg.DagsterInstance.ephemeral(),
+            run_config={"ops": {"mcts_trees": {"config": SEARCH_CONFIG}}},
+            raise_on_error=False,
+        )
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    message = str(failure.event_specific_data.error)
+    solved = pl.DataFrame(result.output_for_node("sibling_sets"))["problem_id"].unique().to_list()
+    assert "critique failed for" in message and "HTTP 500" in message
+    assert all(pid in message for pid in solved)
