@@ -97,7 +97,7 @@ class ResponseStore:
         fs.invalidate_cache(self.directory.path)
         try:
             return sorted(p for p in self.directory.iterdir() if p.name.endswith(SEGMENT_SUFFIX))
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # a new namespace (object stores say the latter)
             return []
 
     def _read_segments(self, paths: list[UPath]) -> list[tuple[UPath, bytes]]:

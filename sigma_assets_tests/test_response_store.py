@@ -85,6 +85,7 @@ def test_s3_segments_reload_and_compact(s3_env: dict[str, str]) -> None:
     bucket = s3_env["SIGMA_STORAGE_URL"].removeprefix("s3://").split("/")[0]
     if not root.fs.exists(bucket):
         root.fs.mkdir(bucket)
+    assert len(ResponseStore(root, "empty").load()) == 0  # a namespace nobody wrote to yet
     items = _samples(20)
     store = ResponseStore(root, "ns", max_writes=1)
     asyncio.run(_put_groups(store, [items[:10], items[10:]]))

@@ -1,0 +1,106 @@
+"""Search benchmark on the tiny local model: backend calls per round as problems grow, and search
+overhead over the backend alone on the same prompt batches.
+
+    .venv/bin/python bench/bench_search.py [--write docs/benchmarks.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from upath import UPath
+
+from sigma_assets.arithmetic import arithmetic_problems
+from sigma_assets.backends.hf_local import TransformersBackend
+from sigma_assets.generation import GenerationRequest, Sample
+from sigma_assets.grading import AnswerChecker
+from sigma_assets.llm_client import LLMClient
+from sigma_assets.local_models import build_tiny_model
+from sigma_assets.mcts import MCTSSettings, run_search
+from sigma_assets.response_store import ResponseStore
+
+SETTINGS = MCTSSettings(simulations=6, max_depth=6, step_max_tokens=24, rollout_max_tokens=48)
+
+
+def search(model_dir: Path, count: int, work: Path) -> dict[str, float]:
+    problems = arithmetic_problems(count)
+    backend = TransformersBackend(model_dir, device="cpu", max_batch=4096, batch_size=256)
+    batches: list[list[GenerationRequest]] = []
+    with (
+        LLMClient(backend, ResponseStore(UPath(work), f"bench-{count}").load()) as client,
+        AnswerChecker() as checker,
+    ):
+        checker.check_many([("1", "1")])  # start the worker before timing
+
+        def generate(requests: Sequence[GenerationRequest]) -> list[list[Sample]]:
+            batches.append(list(requests))
+            return client.generate(requests)
+
+        started = time.perf_counter()
+        result = run_search(problems, generate, checker.check_many, SETTINGS)
+        search_s = time.perf_counter() - started
+    # The same prompt batches sent to the backend alone: no client, no store, no tree bookkeeping.
+    bare = TransformersBackend(model_dir, device="cpu", max_batch=4096, batch_size=256)
+    started = time.perf_counter()
+    for batch in batches:
+        asyncio.run(bare.generate(batch))
+    backend_s = time.perf_counter() - started
+    return {
+        "problems": count,
+        "rounds": result.rounds,
+        "calls_per_round": result.generate_calls / max(1, result.rounds),
+        "requests": result.requests,
+        "search_s": search_s,
+        "backend_s": backend_s,
+        "overhead": search_s / backend_s - 1,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--write", type=Path, help="replace the search section of this markdown file")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = build_tiny_model(Path(tmp) / "tiny")
+        rows = [search(model_dir, count, Path(tmp) / "store") for count in (1, 4, 16, 64)]
+    lines = [
+        "## Search (tiny local model, batched across trees)",
+        "",
+        "Command: `.venv/bin/python bench/bench_search.py --write docs/benchmarks.md`. "
+        f"Settings: {SETTINGS.simulations} simulations, n = {SETTINGS.n_children}, depth {SETTINGS.max_depth}.",
+        "Overhead = search wall time over the time the backend alone takes on the same prompt batches, minus 1 "
+        "(target: at most 0.25). Backend calls per round must not grow with the number of problems.",
+        "",
+        "| problems | rounds | backend calls per round | requests | overhead |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['problems']} | {row['rounds']} | {row['calls_per_round']:.2f} | {row['requests']} "
+            f"| {row['overhead']:+.1%} |"
+        )
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.write:
+        _replace_section(args.write, "## Search", text)
+
+
+def _replace_section(path: Path, heading: str, text: str) -> None:
+    """Replace the section starting at `heading` (up to the next `## `) or append it."""
+    old = path.read_text() if path.exists() else "# Benchmarks\n\nMachine: 2 CPU cores, no GPU.\n\n"
+    start = old.find(heading)
+    if start < 0:
+        new = old.rstrip() + "\n\n" + text
+    else:
+        end = old.find("\n## ", start + len(heading))
+        new = old[:start] + text + (old[end + 1 :] if end >= 0 else "")
+    path.write_text(new)
+
+
+if __name__ == "__main__":
+    main()
