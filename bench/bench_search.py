@@ -72,9 +72,10 @@ def main() -> None:
         "## Search (tiny local model, batched across trees)",
         "",
         "Command: `.venv/bin/python bench/bench_search.py --write docs/benchmarks.md`. "
-        f"Settings: {SETTINGS.simulations} simulations, n = {SETTINGS.n_children}, depth {SETTINGS.max_depth}.",
-        "Overhead = search wall time over the time the backend alone takes on the same prompt batches, minus 1 "
-        "(target: at most 0.25). Backend calls per round must not grow with the number of problems.",
+        f"Settings: {SETTINGS.simulations} simulations, n = {SETTINGS.n_children}, "
+        f"depth {SETTINGS.max_depth}. Overhead = search wall time over the time the backend alone takes "
+        "on the same prompt batches, minus 1 (target: at most 0.25). Backend calls per round must not "
+        "grow with the number of problems.",
         "",
         "| problems | rounds | backend calls per round | requests | overhead |",
         "| --- | --- | --- | --- | --- |",

@@ -14,6 +14,7 @@ import logging
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
@@ -87,36 +88,63 @@ class RetrySettings:
 
 
 class AdaptiveLimiter:
-    """A concurrency bound that halves on rate limiting and creeps back up on success (AIMD)."""
+    """A concurrency bound that shrinks under rate limiting and grows back on success (AIMD).
+
+    Decreases are gentle (x0.75) and at most one per cooldown, so a stray 429 among thousands of
+    requests costs little; sustained throttling still walks the bound down. Acquire and release are
+    cheap (no lock: the event loop runs one coroutine at a time), since every request pays them.
+    """
+
+    DECREASE = 0.75
+    INCREASE = 0.25  # per success: a quarter of the lost slots back per successful request
+    COOLDOWN_S = 2.0
 
     def __init__(self, maximum: int):
         self.maximum = maximum
         self.limit = float(maximum)
         self.in_flight = 0
-        self._changed = asyncio.Condition()
-        self._last_decrease = 0.0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._last_decrease = -float("inf")
+
+    def _capacity(self) -> int:
+        return max(1, int(self.limit))
 
     async def acquire(self) -> None:
-        async with self._changed:
-            await self._changed.wait_for(lambda: self.in_flight < max(1, int(self.limit)))
+        if self.in_flight < self._capacity() and not self._waiters:
             self.in_flight += 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter  # the releaser hands its slot over (in_flight already counts us)
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release()
+            else:
+                self._waiters.remove(waiter)
+            raise
 
-    async def release(self) -> None:
-        async with self._changed:
-            self.in_flight -= 1
-            self._changed.notify()
+    def release(self) -> None:
+        self.in_flight -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self.in_flight < self._capacity():
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self.in_flight += 1
+                waiter.set_result(None)
 
     def on_rate_limited(self) -> None:
         now = time.monotonic()
-        if now - self._last_decrease > 1.0:  # one halving per burst of 429s, not one per request
-            self.limit = max(1.0, self.limit / 2)
+        if now - self._last_decrease > self.COOLDOWN_S:
+            self.limit = max(1.0, self.limit * self.DECREASE)
             self._last_decrease = now
 
-    async def on_success(self) -> None:
+    def on_success(self) -> None:
         if self.limit < self.maximum:
-            self.limit = min(float(self.maximum), self.limit + 1.0 / max(1.0, self.limit))
-            async with self._changed:
-                self._changed.notify_all()
+            self.limit = min(float(self.maximum), self.limit + self.INCREASE)
+            self._wake()
 
 
 class LLMClient:
@@ -257,7 +285,7 @@ class LLMClient:
                         for item, row in zip(batch, samples, strict=True)
                         for index, sample in zip(item.todo, row, strict=True)
                     )
-                await self._limiter.on_success()
+                self._limiter.on_success()
                 self._account(samples)
                 return samples
             except (RetryableError, TimeoutError) as exc:
@@ -274,7 +302,7 @@ class LLMClient:
             except FatalRequestError as exc:
                 raise RequestFailed(batch[0].keys[batch[0].todo[0]], str(exc), attempt) from exc
             finally:
-                await self._limiter.release()
+                self._limiter.release()
             await asyncio.sleep(delay)
 
     def _account(self, samples: list[list[Sample]]) -> None:

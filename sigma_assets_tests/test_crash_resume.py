@@ -29,15 +29,15 @@ RUN_SHARD = textwrap.dedent(
     settings = Settings.from_env()
     resources = build_resources(settings) | {
         "policy": LLMResource(backend="openai", model="scripted-policy", base_url=policy_url),
-        "critic": LLMResource(backend="openai", model="gpt-4o-mini", base_url=critic_url, concurrency=%d),
+        "critic": LLMResource(backend="openai", model="gpt-4o-mini", base_url=critic_url, concurrency=CONCURRENCY),
     }
-    selection = [a for a in ASSETS if a.key.path[0] in ("raw_problems", "mcts_trees", "sibling_sets", "critiques")]
+    wanted = ("raw_problems", "mcts_trees", "sibling_sets", "critiques")
+    selection = [a for a in ASSETS if a.key.path[0] in wanted]
     result = dg.materialize(selection, partition_key=key, resources=resources,
                             run_config={"ops": {"mcts_trees": {"config": search_config}}})
     sys.exit(0 if result.success else 1)
     """
-    % CONCURRENCY
-)
+).replace("CONCURRENCY", str(CONCURRENCY))
 
 
 def test_sigkill_mid_shard_then_relaunch(tmp_path):
