@@ -29,7 +29,9 @@ RUN_SHARD = textwrap.dedent(
     settings = Settings.from_env()
     resources = build_resources(settings) | {
         "policy": LLMResource(backend="openai", model="scripted-policy", base_url=policy_url),
-        "critic": LLMResource(backend="openai", model="gpt-4o-mini", base_url=critic_url, concurrency=CONCURRENCY),
+        "critic": LLMResource(
+            backend="openai", model="gpt-4o-mini", base_url=critic_url, concurrency=CONCURRENCY
+        ),
     }
     wanted = ("raw_problems", "mcts_trees", "sibling_sets", "critiques")
     selection = [a for a in ASSETS if a.key.path[0] in wanted]
