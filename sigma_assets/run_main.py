@@ -12,6 +12,26 @@ import dagster as dg
 
 from sigma_assets.definitions import defs, generation_job
 
+# Per asset, the metadata worth a line in the terminal; the UI shows all of it.
+SUMMARY = {
+    "raw_problems": ("dagster/row_count",),
+    "mcts_trees": ("solved_share", "nodes", "policy_completion_tokens"),
+    "sibling_sets": ("problems_with_path", "problems_without_correct_leaf"),
+    "critiques": ("generic_rate", "step_fallback_problems", "critic_requests"),
+    "refined_paths": ("drift_rate", "regurgitation_rate", "calls_per_problem", "tokens_per_problem"),
+}
+
+
+def summary(result: dg.ExecuteInProcessResult) -> str:
+    parts = []
+    for asset, names in SUMMARY.items():
+        events = result.asset_materializations_for_node(asset)
+        if events:
+            metadata = events[0].metadata
+            values = ", ".join(f"{n.split('/')[-1]}={metadata[n].value}" for n in names if n in metadata)
+            parts.append(f"  {asset}: {values}")
+    return "\n".join(parts)
+
 
 def main() -> int:
     instance = dg.DagsterInstance.get()
@@ -24,6 +44,7 @@ def main() -> int:
         status = "ok" if result.success else "FAILED"
         elapsed = time.monotonic() - started
         print(f"{generation_job.name} {key}: {status} in {elapsed:.1f} s (run {result.run_id})")
+        print(summary(result), flush=True)
         if not result.success:
             failed.append(key)
     if failed:
