@@ -27,6 +27,10 @@ def build_resources(settings: Settings) -> dict[str, Any]:
         if value
     }
     storage_options: dict[str, Any] = {}
+    if settings.is_s3 and (settings.aws_endpoint_url or "").startswith("http://"):
+        # polars' object_store refuses plain-http endpoints unless told; every step process loads
+        # these definitions, so this holds wherever the IO manager reads.
+        os.environ.setdefault("AWS_ALLOW_HTTP", "true")
     if settings.is_s3:
         storage_options = {"client_kwargs": client_kwargs}
         for option, variable in (("key", "AWS_ACCESS_KEY_ID"), ("secret", "AWS_SECRET_ACCESS_KEY")):

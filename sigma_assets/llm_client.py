@@ -272,7 +272,10 @@ class LLMClient:
             started = time.monotonic()
             try:
                 self.usage.requests += 1
-                samples = await asyncio.wait_for(self.backend.generate(sub_requests), self.retry.timeout_s)
+                # An in-process engine cannot be interrupted (its thread would run on, holding the model):
+                # only remote calls get a timeout.
+                timeout = None if self.backend.endpoint == "local" else self.retry.timeout_s
+                samples = await asyncio.wait_for(self.backend.generate(sub_requests), timeout)
                 _check_shape(sub_requests, samples)
                 if validate is not None:
                     for row in samples:

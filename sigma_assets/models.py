@@ -45,5 +45,5 @@ def build_backend(
     if backend == "vllm":
         from sigma_assets.backends.vllm_engine import VLLMBackend
 
-        return VLLMBackend(resolve_local_model(model))  # vLLM loads the converted folder itself
+        return VLLMBackend(resolve_local_model(model), model_name=model)
     raise ValueError(f"unknown backend {backend!r}: expected transformers, openai or vllm")

@@ -170,7 +170,8 @@ class _Layout:
         answer = pick(columns.answer, ANSWER_COLUMNS, "answer")
         problem_id = pick(columns.problem_id, ID_COLUMNS, "id")
         if answer is not None:
-            # GSM8K keeps the worked solution and the final "#### n" in its `answer` field.
+            # GSM8K keeps the worked solution and the final "#### n" in its `answer` field; a plain answer
+            # column is still checked row by row for that marker.
             kind = "gsm8k" if "####" in _text(record.get(answer)) else "plain"
             return cls(problem, answer, kind, problem_id)
         solution = next((c for c in SOLUTION_COLUMNS if c in record), None)
@@ -185,7 +186,7 @@ class _Layout:
         raw = _text(record.get(self.answer_field))
         if not raw:
             return None, "empty answer"
-        if self.answer_kind == "gsm8k":
+        if self.answer_kind == "gsm8k" or (self.answer_kind == "plain" and "####" in raw):
             match = _GSM8K_ANSWER.search(raw)
             if not match:
                 return None, "GSM8K answer without a final '#### n' line"

@@ -622,9 +622,15 @@ def _step_revision_job(st: _State, depth: int, settings: RefinementSettings) -> 
     return _Job(prompt, settings.revision_step_max_tokens, parse_step_text, st.stats)
 
 
+DRIFT_RETRY_BASE = 1000
+
+
 def _retry_revisions(pending: Sequence[_State], caller: _Caller, attempt: int) -> None:
     """Resample drifted revisions: the whole path (path mode), or the last step (it holds the answer)."""
     settings = caller.settings
+    # Parse-failure resends use retry numbers 1, 2, ...: drift retries take their own range, or a retry
+    # could hit the very request (and stored answer) that just drifted.
+    retry = DRIFT_RETRY_BASE + attempt
     whole = [st for st in pending if st.mode == "path"]
     jobs = [
         _Job(
@@ -636,13 +642,13 @@ def _retry_revisions(pending: Sequence[_State], caller: _Caller, attempt: int) -
         for st in whole
     ]
     for st, result in zip(
-        whole, caller.run(jobs, parse_path_revision, isolate=True, retry=attempt), strict=True
+        whole, caller.run(jobs, parse_path_revision, isolate=True, retry=retry), strict=True
     ):
         if not isinstance(result, Exception):  # an unusable retry leaves the drifted revision in place
             st.revised = list(result)
     last = [st for st in pending if st.mode != "path"]
     jobs = [_step_revision_job(st, st.n_steps, settings) for st in last]
-    for st, result in zip(last, caller.run(jobs, parse_step_text, isolate=True, retry=attempt), strict=True):
+    for st, result in zip(last, caller.run(jobs, parse_step_text, isolate=True, retry=retry), strict=True):
         if not isinstance(result, Exception):
             st.revised[-1] = result
     for st in pending:

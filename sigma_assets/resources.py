@@ -77,6 +77,6 @@ class LLMResource(dg.ConfigurableResource):
             yield client
         finally:
             client.close()
-            # Many small segments slow the next load; one merged segment per namespace keeps it quick.
-            if store.segments_written + store.loaded_segments > 16:
-                store.compact()
+        # Many small segments slow the next load; one merged segment per namespace keeps it quick.
+        if store.segments_written + store.loaded_segments > 16:
+            store.compact()

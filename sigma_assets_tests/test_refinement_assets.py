@@ -131,3 +131,33 @@ def test_failed_critic_names_the_problems(tmp_path):
     solved = pl.DataFrame(result.output_for_node("sibling_sets"))["problem_id"].unique().to_list()
     assert "critique failed for" in message and "HTTP 500" in message
     assert all(pid in message for pid in solved)
+
+
+def test_a_passing_failure_loses_nothing(tmp_path):
+    """A call that fails for good once (then works) is retried per problem; the step still succeeds."""
+    settings = Settings.from_env({"SIGMA_STORAGE_URL": str(tmp_path / "store")})
+    key = shard_with_problems(settings)
+    with (
+        FaultServer(responder=arithmetic_policy) as policy_server,
+        FaultServer(responder=scripted_critic, fail_requests={1: "500", 2: "500"}) as critic_server,
+    ):
+        policy = LLMResource(backend="openai", model="scripted-policy", base_url=policy_server.base_url)
+        critic = LLMResource(
+            backend="openai",
+            model="gpt-4o-mini",
+            base_url=critic_server.base_url,
+            max_attempts=2,
+            concurrency=1,
+        )
+        result = dg.materialize(
+            [raw_problems, mcts_trees, sibling_sets, critiques],
+            partition_key=key,
+            resources=build_resources(settings) | {"policy": policy, "critic": critic},
+            instance=dg.DagsterInstance.ephemeral(),
+            run_config={"ops": {"mcts_trees": {"config": SEARCH_CONFIG}}},
+        )
+        assert result.success
+        siblings = result.output_for_node("sibling_sets")
+        assert result.output_for_node("critiques").height == siblings.height
+        # One problem paid three calls (two failures, one success); every other problem one.
+        assert critic_server.stats()["total"] == siblings["problem_id"].n_unique() + 2

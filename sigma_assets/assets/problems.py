@@ -24,7 +24,9 @@ def raw_problems(
         context.log.warning(f"skipped {skipped}")
     everything = problems_frame(loaded.problems, lambda pid: shard_of(pid, problems.num_shards))
     frame = everything.filter(pl.col("shard") == context.partition_key)
-    skipped_table = "\n".join(f"| {s.row} | {s.field} | {s.reason} |" for s in loaded.skipped[:50])
+    skipped_table = "\n".join(
+        f"| {s.source} | {s.row} | {s.field} | {s.reason} |" for s in loaded.skipped[:50]
+    )
     context.add_output_metadata(
         {
             "dagster/row_count": len(frame),
@@ -32,7 +34,9 @@ def raw_problems(
             "problems_in_source": len(loaded.problems),
             "skipped_rows": len(loaded.skipped),
             "skipped": dg.MetadataValue.md(
-                "| row | field | reason |\n|---|---|---|\n" + skipped_table if loaded.skipped else "none"
+                "| file | row | field | reason |\n|---|---|---|---|\n" + skipped_table
+                if loaded.skipped
+                else "none"
             ),
             "preview": dg.MetadataValue.md(_preview(frame)),
         }

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import hashlib
 import threading
 from collections.abc import Sequence
 from dataclasses import replace
@@ -48,7 +49,7 @@ class TransformersBackend:
         *,
         device: str = "auto",
         dtype: Any = "auto",
-        batch_size: int = 16,
+        batch_size: int = 64,
         max_batch: int = 64,
         model_name: str | None = None,
     ) -> None:
@@ -124,16 +125,23 @@ class TransformersBackend:
         with self._lock:
             tokenizer, model = self._load()
             prompt_ids = [self._encode(tokenizer, r) for r in requests]
-            # Identical params (seed included) share a generate call; dict keeps first-seen order.
+            # Requests that differ only in their seed share a generate call (MCTS seeds every node
+            # differently); the chunk is seeded from all its requests' seeds. Dict keeps first-seen order.
             groups: dict[SamplingParams, list[int]] = {}
             for i, request in enumerate(requests):
-                groups.setdefault(request.params, []).append(i)
+                groups.setdefault(replace(request.params, seed=None), []).append(i)
             results: list[list[Sample] | None] = [None] * len(requests)
             for params, indices in groups.items():
                 for start in range(0, len(indices), self.batch_size):
                     chunk = indices[start : start + self.batch_size]
+                    seeds = [requests[i].params.seed for i in chunk]
+                    chunk_seed = None if all(x is None for x in seeds) else _combined_seed(seeds)
                     samples = self._generate_chunk(
-                        tokenizer, model, [prompt_ids[i] for i in chunk], params, chunk_index=start
+                        tokenizer,
+                        model,
+                        [prompt_ids[i] for i in chunk],
+                        replace(params, seed=chunk_seed),
+                        start,
                     )
                     for i, request_samples in zip(chunk, samples, strict=True):
                         results[i] = request_samples
@@ -202,6 +210,12 @@ class TransformersBackend:
                 decoded += [replace(decoded[0], prompt_tokens=0)] * (params.n - 1)
             samples.append(decoded)
         return samples
+
+
+def _combined_seed(seeds: Sequence[int | None]) -> int:
+    """One seed for a chunk, fixed by the seeds of its requests in order."""
+    digest = hashlib.sha256(repr(list(seeds)).encode()).digest()
+    return int.from_bytes(digest[:4], "big")
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:

@@ -126,14 +126,15 @@ class OpenAIBackend:
         usage = response.usage
         prompt_tokens = usage.prompt_tokens if usage else 0
         completion_tokens = usage.completion_tokens if usage else 0
-        per_sample = completion_tokens // max(1, len(texts))
+        # Usage comes per call: split it over the samples, remainder on the first, so sums stay exact.
+        per_sample, remainder = divmod(completion_tokens, max(1, len(texts)))
         return [
             Sample(
                 text=text,
                 finish_reason="length" if reason == "length" else "stop",
                 # A prompt is billed once per call however many samples it yields.
                 prompt_tokens=prompt_tokens if index == 0 else 0,
-                completion_tokens=per_sample,
+                completion_tokens=per_sample + (remainder if index == 0 else 0),
             )
             for index, (text, reason) in enumerate(texts)
         ]

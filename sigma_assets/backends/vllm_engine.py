@@ -143,10 +143,14 @@ class VLLMBackend:
     name = "vllm"
     endpoint = "local"
 
-    def __init__(self, model: str, *, max_batch: int = 4096, **engine_kwargs: Any) -> None:
+    def __init__(
+        self, model: str, *, max_batch: int = 4096, model_name: str | None = None, **engine_kwargs: Any
+    ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
-        self.model = model
+        self.path = model
+        # Stable across machines (store keys, metadata), unlike the folder a model was converted into.
+        self.model = model_name or model
         # vLLM does its own continuous batching: hand it everything the client has.
         self.max_batch = max_batch
         self.engine_kwargs = engine_kwargs  # passed to `vllm.LLM` (dtype, gpu_memory_utilization, ...)
@@ -157,7 +161,7 @@ class VLLMBackend:
     def _load(self) -> Any:
         if self._llm is None:
             vllm = _import_vllm()
-            self._llm = vllm.LLM(model=self.model, **self.engine_kwargs)
+            self._llm = vllm.LLM(model=self.path, **self.engine_kwargs)
         return self._llm
 
     async def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Sample]]:
