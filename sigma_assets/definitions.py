@@ -69,11 +69,12 @@ def demo_run_config(settings: Settings) -> dict[str, Any]:
     135M model on CPU (it decodes tens of tokens per second), so the embedded defaults finish in minutes."""
     ops: dict[str, dict[str, Any]] = {}
     if settings.policy_model == BUNDLED_SMOLLM2:
+        # Depth 3 with 4 simulations reaches graded terminals on every tree.
         ops["mcts_trees"] = {
-            "simulations": 3,
-            "max_depth": 6,
-            "step_max_tokens": 40,
-            "rollout_max_tokens": 80,
+            "simulations": 4,
+            "max_depth": 3,
+            "step_max_tokens": 48,
+            "rollout_max_tokens": 48,
         }
     if settings.critic_backend == "transformers" and settings.critic_model == BUNDLED_SMOLLM2:
         # A 135M critic cannot write the path mode's JSON: step mode asks for plain text per depth.

@@ -12,10 +12,10 @@ step is terminal when
   - it carries a final answer (`has_final_answer`: a `\\boxed{}` or "the answer is"), or
   - its text is empty after stripping (the model had nothing more to say: end of text), or
   - it sits at `max_depth`.
-A terminal's answer is extracted from its own step only when the step carries a final answer; an
-end-of-text or depth-limit terminal without one has no answer and is valued -1, so a correct leaf
-always ends with an explicit final answer (what the SFT data needs). Terminal value: +1 if the
-checker says the answer equals the ground truth, else -1.
+A terminal's answer is extracted from its own step (`extract_answer`: boxed, "the answer is", else the
+last number), as the paper grades a depth-limited path by what it reached; an empty end-of-text step
+has no answer and is valued -1. Terminal value: +1 if the checker says the answer equals the ground
+truth, else -1.
 
 Backup invariant (tested): a new child starts with visits=1 and value_sum=its value; every ancestor
 gets visits += 1 and value_sum += value per new child; a terminal reached again by selection is
@@ -307,7 +307,7 @@ def run_search(
                     child = Node(f"{leaf.node_id}.{index}", leaf.node_id, leaf.depth + 1, step)
                     final = has_final_answer(step)
                     child.terminal = final or not step or child.depth >= settings.max_depth
-                    child.answer = extract_answer(step) if final else None
+                    child.answer = extract_answer(step) if child.terminal else None
                     leaf.children.append(child)
                     new_children.append((e, child))
 

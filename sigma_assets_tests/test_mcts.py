@@ -280,8 +280,23 @@ def test_depth_limit_and_empty_steps_are_terminal_without_answer() -> None:
     assert tree.exhausted and tree.simulations < 50  # stops once nothing is left to grow
     for node in tree.nodes():
         if node.depth == 2 or (node.parent_id is not None and node.step == ""):
-            assert node.terminal and node.answer is None and node.correct is False
+            assert node.terminal and node.answer is None and node.correct is False  # no number reached
     assert {n.depth for n in tree.nodes()} == {0, 1, 2}
+
+
+def test_a_depth_limited_step_is_graded_by_the_number_it_reached() -> None:
+    def policy(requests: Sequence[GenerationRequest]) -> list[list[Sample]]:
+        return [[Sample("2 + 2 = 4."), Sample("2 + 2 = 5."), Sample("hmm")] for _ in requests]
+
+    checker = Checker()
+    result = run_search(
+        problems(1), policy, checker, MCTSSettings(simulations=4, max_depth=1, rollout="none")
+    )
+    leaves = {n.step: n for n in result.trees[0].nodes() if n.depth == 1}
+    assert (leaves["2 + 2 = 4."].answer, leaves["2 + 2 = 4."].correct) == ("4", True)
+    assert (leaves["2 + 2 = 5."].answer, leaves["2 + 2 = 5."].correct) == ("5", False)
+    assert leaves["hmm"].answer is None and leaves["hmm"].correct is False
+    assert [n.step for n in selected_path(result.trees[0])] == ["", "2 + 2 = 4."]
 
 
 def test_exhausted_root_stops_after_one_round() -> None:
