@@ -69,16 +69,7 @@ class RefinementConfig(dg.Config):
     seed: int = 0
 
     def to_settings(self) -> RefinementSettings:
-        return RefinementSettings(
-            mode=self.mode,  # type: ignore[arg-type]  # validated by RefinementSettings
-            temperature=self.temperature,
-            seed=self.seed,
-            critique_path_max_tokens=self.critique_path_max_tokens,
-            critique_step_max_tokens=self.critique_step_max_tokens,
-            revision_path_max_tokens=self.revision_path_max_tokens,
-            revision_step_max_tokens=self.revision_step_max_tokens,
-            drift_retries=self.drift_retries,
-        )
+        return RefinementSettings(**self.model_dump())  # validated there
 
 
 def _problems(raw_problems: pl.DataFrame, sibling_sets: pl.DataFrame) -> list[ProblemPaths]:

@@ -74,18 +74,7 @@ class SearchConfig(dg.Config):
     answer_timeout_s: float = 5.0
 
     def to_settings(self) -> MCTSSettings:
-        return MCTSSettings(
-            simulations=self.simulations,
-            n_children=self.n_children,
-            max_depth=self.max_depth,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            exploration=self.exploration,
-            rollout=self.rollout,  # type: ignore[arg-type]  # validated by MCTSSettings
-            step_max_tokens=self.step_max_tokens,
-            rollout_max_tokens=self.rollout_max_tokens,
-            seed=self.seed,
-        )
+        return MCTSSettings(**self.model_dump(exclude={"answer_timeout_s"}))  # validated there
 
 
 @dg.asset(
