@@ -419,7 +419,10 @@ class AnswerChecker:
                 msg = worker.conn.recv()
             except (EOFError, OSError):
                 if not worker.ready:
-                    raise RuntimeError("answer-checker worker died during start-up") from None
+                    raise RuntimeError(
+                        "answer-checker worker died during start-up (workers are spawned: a script that runs "
+                        "pipeline code at import time needs an `if __name__ == '__main__':` guard)"
+                    ) from None
                 self.crashes += 1
                 self._replace(w, outcomes)
                 return

@@ -20,24 +20,31 @@ CONCURRENCY = 4
 RUN_SHARD = textwrap.dedent(
     """
     import sys
+
     import dagster as dg
+
     from sigma_assets.definitions import ASSETS, build_resources
     from sigma_assets.resources import LLMResource
     from sigma_assets.settings import Settings
 
-    policy_url, critic_url, key, search_config = sys.argv[1], sys.argv[2], sys.argv[3], eval(sys.argv[4])
-    settings = Settings.from_env()
-    resources = build_resources(settings) | {
-        "policy": LLMResource(backend="openai", model="scripted-policy", base_url=policy_url),
-        "critic": LLMResource(
-            backend="openai", model="gpt-4o-mini", base_url=critic_url, concurrency=CONCURRENCY
-        ),
-    }
-    wanted = ("raw_problems", "mcts_trees", "sibling_sets", "critiques")
-    selection = [a for a in ASSETS if a.key.path[0] in wanted]
-    result = dg.materialize(selection, partition_key=key, resources=resources,
-                            run_config={"ops": {"mcts_trees": {"config": search_config}}})
-    sys.exit(0 if result.success else 1)
+
+    def main() -> int:
+        policy_url, critic_url, key, search_config = sys.argv[1], sys.argv[2], sys.argv[3], eval(sys.argv[4])
+        resources = build_resources(Settings.from_env()) | {
+            "policy": LLMResource(backend="openai", model="scripted-policy", base_url=policy_url),
+            "critic": LLMResource(
+                backend="openai", model="gpt-4o-mini", base_url=critic_url, concurrency=CONCURRENCY
+            ),
+        }
+        wanted = ("raw_problems", "mcts_trees", "sibling_sets", "critiques")
+        selection = [a for a in ASSETS if a.key.path[0] in wanted]
+        config = {"ops": {"mcts_trees": {"config": search_config}}}
+        result = dg.materialize(selection, partition_key=key, resources=resources, run_config=config)
+        return 0 if result.success else 1
+
+
+    if __name__ == "__main__":  # answer-checker workers are spawned and re-import this module
+        sys.exit(main())
     """
 ).replace("CONCURRENCY", str(CONCURRENCY))
 
@@ -46,7 +53,7 @@ def test_sigkill_mid_shard_then_relaunch(tmp_path):
     env = {
         **os.environ,
         "SIGMA_STORAGE_URL": str(tmp_path / "store"),
-        "SIGMA_PROBLEMS": "arithmetic:96",
+        "SIGMA_PROBLEMS": "arithmetic:200",
         "SIGMA_NUM_SHARDS": "4",
         "PYTHONPATH": os.getcwd(),
     }
@@ -66,7 +73,8 @@ def test_sigkill_mid_shard_then_relaunch(tmp_path):
         ]
         child = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 240
-        while critic.stats()["total"] < 6:
+        # Kill once the second wave of critique calls is in flight: the first wave is durable by then.
+        while critic.stats()["total"] < CONCURRENCY + 1:
             assert child.poll() is None, child.stderr.read().decode()[-3000:] if child.stderr else ""
             assert time.monotonic() < deadline
             time.sleep(0.05)
