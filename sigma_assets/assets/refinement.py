@@ -246,12 +246,13 @@ def no_problem_lost(
     asset=refined_paths, partitions_def=SHARDS, description="Drift and generic rates under thresholds."
 )
 def guard_rates(config: RateThresholds, refined_paths: pl.DataFrame) -> dg.AssetCheckResult:
+    # Both rates are shares of problems (a problem counts as generic if any of its depths was).
     drift = float(refined_paths["drift"].mean() or 0.0)
     generic = float(refined_paths["generic_feedback"].mean() or 0.0)
     return dg.AssetCheckResult(
         passed=drift <= config.max_drift_rate and generic <= config.max_generic_rate,
         severity=dg.AssetCheckSeverity.WARN,
-        metadata={"drift_rate": drift, "generic_rate": generic, **config.model_dump()},
+        metadata={"drift_rate": drift, "generic_problem_rate": generic, **config.model_dump()},
     )
 
 
