@@ -530,15 +530,7 @@ def _revise(
 
     stepwise = states
     if settings.mode == "path":
-        jobs = [
-            _Job(
-                render_path_revision(st.problem.problem, st.problem.steps, st.feedback),
-                settings.revision_path_max_tokens,
-                _path_revision_parser(st.n_steps),
-                st.stats,
-            )
-            for st in states
-        ]
+        jobs = [_path_revision_job(st, settings) for st in states]
         results = caller.run(jobs, parse_path_revision, isolate=settings.step_fallback)
         stepwise = []
         for st, result in zip(states, results, strict=True):
@@ -614,6 +606,15 @@ def _revise_stepwise(states: Sequence[_State], caller: _Caller) -> None:
             st.revised.append(text)
 
 
+def _path_revision_job(st: _State, settings: RefinementSettings) -> _Job:
+    return _Job(
+        render_path_revision(st.problem.problem, st.problem.steps, st.feedback),
+        settings.revision_path_max_tokens,
+        _path_revision_parser(st.n_steps),
+        st.stats,
+    )
+
+
 def _step_revision_job(st: _State, depth: int, settings: RefinementSettings) -> _Job:
     p = st.problem
     prompt = render_step_revision(
@@ -632,15 +633,7 @@ def _retry_revisions(pending: Sequence[_State], caller: _Caller, attempt: int) -
     # could hit the very request (and stored answer) that just drifted.
     retry = DRIFT_RETRY_BASE + attempt
     whole = [st for st in pending if st.mode == "path"]
-    jobs = [
-        _Job(
-            render_path_revision(st.problem.problem, st.problem.steps, st.feedback),
-            settings.revision_path_max_tokens,
-            _path_revision_parser(st.n_steps),
-            st.stats,
-        )
-        for st in whole
-    ]
+    jobs = [_path_revision_job(st, settings) for st in whole]
     for st, result in zip(
         whole, caller.run(jobs, parse_path_revision, isolate=True, retry=retry), strict=True
     ):

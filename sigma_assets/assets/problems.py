@@ -3,17 +3,13 @@
 import dagster as dg
 import polars as pl
 
-from sigma_assets.assets.partitions import ONE_RUN_PER_SHARD, SHARDS
+from sigma_assets.assets.partitions import SHARDS, shard_asset
 from sigma_assets.problems import RAW_PROBLEMS_SCHEMA, problems_frame
 from sigma_assets.resources import ProblemsResource, StorageResource
 from sigma_assets.shards import shard_of
 
 
-@dg.asset(
-    partitions_def=SHARDS,
-    backfill_policy=ONE_RUN_PER_SHARD,
-    group_name="generation",
-    kinds={"polars", "parquet"},
+@shard_asset(
     description="Math problems with ground-truth answers, one shard per partition.",
 )
 def raw_problems(

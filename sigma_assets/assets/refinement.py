@@ -5,8 +5,7 @@ from collections.abc import Callable
 import dagster as dg
 import polars as pl
 
-from sigma_assets.assets.partitions import ONE_RUN_PER_SHARD, SHARDS
-from sigma_assets.assets.search import SHARD_RETRY
+from sigma_assets.assets.partitions import SHARD_RETRY, SHARDS, shard_asset
 from sigma_assets.generation import GenerationRequest
 from sigma_assets.grading import AnswerChecker
 from sigma_assets.llm_client import LLMClient, RequestFailed
@@ -110,13 +109,9 @@ def _per_problem(
     )
 
 
-@dg.asset(
-    partitions_def=SHARDS,
-    backfill_policy=ONE_RUN_PER_SHARD,
+@shard_asset(
     retry_policy=SHARD_RETRY,
     pool="llm_critic",
-    group_name="generation",
-    kinds={"polars", "parquet"},
     description="Per (problem, depth) of each selected path: the critic's feedback against the siblings.",
 )
 def critiques(
@@ -152,13 +147,9 @@ def critiques(
     return frame
 
 
-@dg.asset(
-    partitions_def=SHARDS,
-    backfill_policy=ONE_RUN_PER_SHARD,
+@shard_asset(
     retry_policy=SHARD_RETRY,
     pool="llm_critic",
-    group_name="generation",
-    kinds={"polars", "parquet"},
     description="Per problem: the selected path revised with its feedback, guarded against drift.",
 )
 def refined_paths(

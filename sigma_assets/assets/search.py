@@ -6,7 +6,7 @@ from dataclasses import asdict
 import dagster as dg
 import polars as pl
 
-from sigma_assets.assets.partitions import ONE_RUN_PER_SHARD, SHARDS
+from sigma_assets.assets.partitions import SHARD_RETRY, shard_asset
 from sigma_assets.grading import AnswerChecker
 from sigma_assets.mcts import (
     MCTSSettings,
@@ -52,11 +52,6 @@ SIBLING_SCHEMA = {
     "siblings": pl.List(_SIBLING),
 }
 
-# A shard run that dies (a lost machine, an OOM) is retried; finished calls replay from the store.
-SHARD_RETRY = dg.RetryPolicy(
-    max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
-)
-
 
 class SearchConfig(dg.Config):
     """MCTS settings (DESIGN §1); the defaults are the paper's, except simulations (peers use 16-48)."""
@@ -77,13 +72,9 @@ class SearchConfig(dg.Config):
         return MCTSSettings(**self.model_dump(exclude={"answer_timeout_s"}))  # validated there
 
 
-@dg.asset(
-    partitions_def=SHARDS,
-    backfill_policy=ONE_RUN_PER_SHARD,
+@shard_asset(
     retry_policy=SHARD_RETRY,
     pool="llm_policy",
-    group_name="generation",
-    kinds={"polars", "parquet"},
     description="One row per MCTS node: every problem of the shard searched with the policy model.",
 )
 def mcts_trees(
@@ -125,11 +116,7 @@ def mcts_trees(
     return frame
 
 
-@dg.asset(
-    partitions_def=SHARDS,
-    backfill_policy=ONE_RUN_PER_SHARD,
-    group_name="generation",
-    kinds={"polars", "parquet"},
+@shard_asset(
     description="Per depth of each selected path: the shared history, the selected step and its siblings.",
 )
 def sibling_sets(context: dg.AssetExecutionContext, mcts_trees: pl.DataFrame) -> pl.DataFrame:
