@@ -12,6 +12,7 @@ from sigma_assets.assets.partitions import SETTINGS
 from sigma_assets.io_manager import AtomicParquetIOManager
 from sigma_assets.resources import LLMResource, ProblemsResource, StorageResource
 from sigma_assets.settings import BUNDLED_SMOLLM2, Settings
+from sigma_assets.storage import StorageRoot
 
 
 def _secret(name: str) -> Any:
@@ -21,21 +22,19 @@ def _secret(name: str) -> Any:
 
 
 def build_resources(settings: Settings) -> dict[str, Any]:
-    client_kwargs = {
-        key: value
-        for key, value in (("endpoint_url", settings.aws_endpoint_url), ("region_name", settings.aws_region))
-        if value
-    }
-    storage_options: dict[str, Any] = {}
     if settings.is_s3 and (settings.aws_endpoint_url or "").startswith("http://"):
         # polars' object_store refuses plain-http endpoints unless told; every step process loads
         # these definitions, so this holds wherever the IO manager reads.
         os.environ.setdefault("AWS_ALLOW_HTTP", "true")
+    # The IO manager gets the same fsspec options as the storage root, with secrets as env references
+    # that dagster-polars resolves at run time (never values in config).
+    storage_options = StorageRoot(
+        settings.storage_url, settings.aws_endpoint_url, settings.aws_region
+    ).storage_options
     if settings.is_s3:
-        storage_options = {"client_kwargs": client_kwargs}
         for option, variable in (("key", "AWS_ACCESS_KEY_ID"), ("secret", "AWS_SECRET_ACCESS_KEY")):
             if os.environ.get(variable):
-                storage_options[option] = {"env": variable}  # resolved by dagster-polars at run time
+                storage_options[option] = {"env": variable}
     return {
         "storage": StorageResource(
             url=settings.storage_url,
