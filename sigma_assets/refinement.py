@@ -695,15 +695,6 @@ def refine(
     return refine_all(problems, generate, check_answers, settings, request_key).refined
 
 
-def refine_problem(
-    problem: ProblemPaths,
-    generate: Generate,
-    check_answers: CheckAnswers,
-    settings: RefinementSettings = RefinementSettings(),
-) -> RefinedPath:
-    return refine([problem], generate, check_answers, settings)[0]
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Preview
 # ---------------------------------------------------------------------------------------------------------

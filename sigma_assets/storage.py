@@ -78,12 +78,6 @@ class StorageRoot:
             ) from exc
         return self
 
-    def write_bytes(self, path: UPath, data: bytes) -> None:
-        write_atomic(path, data)
-
-    def read_bytes(self, path: UPath) -> bytes:
-        return path.read_bytes()
-
 
 def write_atomic(path: UPath, data: bytes) -> None:
     """Write `data` so that readers never observe a partial object."""

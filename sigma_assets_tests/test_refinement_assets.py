@@ -40,22 +40,31 @@ def scripted_critic(request: dict, sample_index: int) -> str:
     return "\n".join(f"Step {i}: Adding the numbers carefully, {s}" for i, s in enumerate(steps, start=1))
 
 
-def run(settings, policy, critic, key, instance):
+FULL_SHARD = [
+    raw_problems,
+    mcts_trees,
+    sibling_sets,
+    critiques,
+    refined_paths,
+    no_problem_lost,
+    guard_rates,
+    refined_answers_checked,
+]
+UP_TO_CRITIQUES = [raw_problems, mcts_trees, sibling_sets, critiques]
+
+
+def policy_of(server: FaultServer) -> LLMResource:
+    return LLMResource(backend="openai", model="scripted-policy", base_url=server.base_url)
+
+
+def run(settings, policy, critic, key, instance=None, assets=FULL_SHARD, raise_on_error=True):
     return dg.materialize(
-        [
-            raw_problems,
-            mcts_trees,
-            sibling_sets,
-            critiques,
-            refined_paths,
-            no_problem_lost,
-            guard_rates,
-            refined_answers_checked,
-        ],
+        assets,
         partition_key=key,
         resources=build_resources(settings) | {"policy": policy, "critic": critic},
-        instance=instance,
+        instance=instance or dg.DagsterInstance.ephemeral(),
         run_config={"ops": {"mcts_trees": {"config": SEARCH_CONFIG}}},
+        raise_on_error=raise_on_error,
     )
 
 
@@ -74,7 +83,7 @@ def test_refinement_through_faults_then_replay(tmp_path):
             retry_after_s=0.05,
         ) as critic_server,
     ):
-        policy = LLMResource(backend="openai", model="scripted-policy", base_url=policy_server.base_url)
+        policy = policy_of(policy_server)
         critic = LLMResource(
             backend="openai",
             model="gpt-4o-mini",
@@ -113,18 +122,11 @@ def test_failed_critic_names_the_problems(tmp_path):
         FaultServer(responder=arithmetic_policy) as policy_server,
         FaultServer(responder=scripted_critic, fault_rate=1.0, fault_kinds=("500",)) as critic_server,
     ):
-        policy = LLMResource(backend="openai", model="scripted-policy", base_url=policy_server.base_url)
+        policy = policy_of(policy_server)
         critic = LLMResource(
             backend="openai", model="gpt-4o-mini", base_url=critic_server.base_url, max_attempts=2
         )
-        result = dg.materialize(
-            [raw_problems, mcts_trees, sibling_sets, critiques],
-            partition_key=key,
-            resources=build_resources(settings) | {"policy": policy, "critic": critic},
-            instance=dg.DagsterInstance.ephemeral(),
-            run_config={"ops": {"mcts_trees": {"config": SEARCH_CONFIG}}},
-            raise_on_error=False,
-        )
+        result = run(settings, policy, critic, key, assets=UP_TO_CRITIQUES, raise_on_error=False)
     assert not result.success
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     message = str(failure.event_specific_data.error)
@@ -141,7 +143,7 @@ def test_a_passing_failure_loses_nothing(tmp_path):
         FaultServer(responder=arithmetic_policy) as policy_server,
         FaultServer(responder=scripted_critic, fail_requests={1: "500", 2: "500"}) as critic_server,
     ):
-        policy = LLMResource(backend="openai", model="scripted-policy", base_url=policy_server.base_url)
+        policy = policy_of(policy_server)
         critic = LLMResource(
             backend="openai",
             model="gpt-4o-mini",
@@ -149,13 +151,7 @@ def test_a_passing_failure_loses_nothing(tmp_path):
             max_attempts=2,
             concurrency=1,
         )
-        result = dg.materialize(
-            [raw_problems, mcts_trees, sibling_sets, critiques],
-            partition_key=key,
-            resources=build_resources(settings) | {"policy": policy, "critic": critic},
-            instance=dg.DagsterInstance.ephemeral(),
-            run_config={"ops": {"mcts_trees": {"config": SEARCH_CONFIG}}},
-        )
+        result = run(settings, policy, critic, key, assets=UP_TO_CRITIQUES)
         assert result.success
         siblings = result.output_for_node("sibling_sets")
         assert result.output_for_node("critiques").height == siblings.height
