@@ -11,7 +11,7 @@ from sigma_assets.assets import problems, refinement, search
 from sigma_assets.assets.partitions import SETTINGS
 from sigma_assets.io_manager import AtomicParquetIOManager
 from sigma_assets.resources import LLMResource, ProblemsResource, StorageResource
-from sigma_assets.settings import BUNDLED_SMOLLM2, Settings
+from sigma_assets.settings import Settings
 from sigma_assets.storage import StorageRoot
 
 
@@ -63,39 +63,24 @@ def build_resources(settings: Settings) -> dict[str, Any]:
     }
 
 
-def demo_run_config(settings: Settings) -> dict[str, Any]:
-    """The job's default config: the paper's budget, or a small one when the policy is the bundled
-    135M model on CPU (it decodes tens of tokens per second), so the embedded defaults finish in minutes."""
-    ops: dict[str, dict[str, Any]] = {}
-    if settings.policy_model == BUNDLED_SMOLLM2:
-        # Depth 3 with 4 simulations reaches graded terminals on every tree.
-        ops["mcts_trees"] = {
-            "simulations": 4,
-            "max_depth": 3,
-            "step_max_tokens": 48,
-            "rollout_max_tokens": 48,
-        }
-    if settings.critic_backend == "transformers" and settings.critic_model == BUNDLED_SMOLLM2:
-        # A 135M critic cannot write the path mode's JSON: step mode asks for plain text per depth.
-        budget = {"mode": "step", "critique_step_max_tokens": 64, "revision_step_max_tokens": 48}
-        ops["critiques"] = ops["refined_paths"] = budget
-    return {"ops": {name: {"config": config} for name, config in ops.items()}}
-
-
 ASSET_MODULES = [problems, search, refinement]
 ASSETS = dg.load_assets_from_modules(ASSET_MODULES)
 CHECKS = dg.load_asset_checks_from_modules(ASSET_MODULES)
 
+problems_job = dg.define_asset_job(
+    "problems_job",
+    selection=dg.AssetSelection.assets(problems.raw_problems),
+    description="The problems of one shard, loaded and validated (one run per shard).",
+)
 generation_job = dg.define_asset_job(
     "generation_job",
-    selection=dg.AssetSelection.assets(*ASSETS),
-    description="Problems through refined paths, one run per shard.",
-    config=demo_run_config(SETTINGS) or None,
+    selection=dg.AssetSelection.assets(*ASSETS) - dg.AssetSelection.assets(problems.raw_problems),
+    description="Search, siblings, critiques and refined paths for one (shard, temperature) per run.",
 )
 
 defs = dg.Definitions(
     assets=ASSETS,
     asset_checks=CHECKS,
-    jobs=[generation_job],
+    jobs=[problems_job, generation_job],
     resources=build_resources(SETTINGS),
 )

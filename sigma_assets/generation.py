@@ -11,7 +11,10 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 Role = Literal["system", "user", "assistant"]
-FinishReason = Literal["stop", "length"]
+# "stop": a stop string (or, where a server cannot tell, the end of the text); "end": the model ended the
+# text itself; "length": cut at max_tokens; "context_overflow": the prompt alone exceeds the model's
+# context, so nothing was generated (a server's HTTP 400 "maximum context length", mapped per request).
+FinishReason = Literal["stop", "end", "length", "context_overflow"]
 
 
 @dataclass(frozen=True)

@@ -138,6 +138,91 @@ def has_final_answer(text: str) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Explicit final answers (the strict rule for model output in search, revision and training data)
+# ---------------------------------------------------------------------------------------------------------
+
+# What may follow the answer and still "close" the text: punctuation and markup, nothing with content.
+_CLOSING_RE = re.compile(r"(?:\s|[.!$*_)\]]|\\\]|\\\))*")
+# How often one line may appear in a text before the text counts as repeating itself.
+REPEAT_LIMIT = 3
+
+
+@dataclass(frozen=True)
+class FinalAnswer:
+    """The verdict on a model's text: its explicit final answer, or why it has none.
+
+    `reason` is one of:
+    - "answer": the text ends with an explicit answer (`answer` is set);
+    - "no_answer": no `\\boxed{}` and no "The answer is ...";
+    - "runs_on": an explicit answer, then more text with content after it;
+    - "repetition": one line stated `REPEAT_LIMIT` times or more.
+    """
+
+    answer: str | None
+    reason: str
+
+    @property
+    def ok(self) -> bool:
+        return self.answer is not None
+
+
+def _last_answer_span(text: str) -> tuple[str, int] | None:
+    """The last explicit answer in `text` and the index where its statement ends."""
+    best: tuple[str, int] | None = None
+    for m in _BOXED_RE.finditer(text):
+        j = m.end()
+        while j < len(text) and text[j].isspace():
+            j += 1
+        if j < len(text) and text[j] == "{":
+            group = _balanced_group(text, j)
+            if group and group[0].strip():
+                best = (group[0].strip(), group[1])
+    for m in _ANSWER_PHRASE_RE.finditer(text):
+        line_end = text.find("\n", m.end())
+        line_end = len(text) if line_end < 0 else line_end
+        answer = _clean_phrase_answer(text[m.end() : line_end])
+        boxed = _boxed_contents(answer)
+        answer = boxed[-1] if boxed else answer  # "the answer is $\\boxed{4}$"
+        if not answer:
+            continue
+        # The statement runs to the end of its sentence: "The answer is 8 apples." closes the text.
+        sentence = re.search(r"\.(?:\s|$)", text[m.end() : line_end])
+        end = m.end() + sentence.end() if sentence else line_end
+        if best is None or end > best[1]:
+            best = (answer, end)
+    return best
+
+
+def repeated_line(text: str, limit: int = REPEAT_LIMIT) -> str | None:
+    """A non-empty line that occurs `limit` times or more in `text` (whitespace-normalised), else None."""
+    counts: dict[str, int] = {}
+    for line in text.splitlines():
+        key = " ".join(line.split())
+        if key:
+            counts[key] = counts.get(key, 0) + 1
+            if counts[key] >= limit:
+                return key
+    return None
+
+
+def final_answer(text: str) -> FinalAnswer:
+    """The explicit final answer that closes `text`, or why there is none. Never guesses a last number.
+
+    Use it for anything a model wrote that may be marked correct (search steps, rollouts, revisions,
+    training data); `extract_answer`'s last-number fallback is for evaluation only.
+    """
+    if repeated_line(text) is not None:
+        return FinalAnswer(None, "repetition")
+    span = _last_answer_span(text)
+    if span is None:
+        return FinalAnswer(None, "no_answer")
+    answer, end = span
+    if not _CLOSING_RE.fullmatch(text[end:]):
+        return FinalAnswer(None, "runs_on")
+    return FinalAnswer(_plain_number(answer), "answer")
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Answer equality
 # ---------------------------------------------------------------------------------------------------------
 

@@ -6,16 +6,20 @@ call, grades the new terminal steps in ONE checker call, values the new non-term
 rollout each in ONE more `generate` call (plus ONE checker call), and backs the values up. The number
 of model calls per round is therefore constant in the number of problems; only the batch grows.
 
-Terminal steps. The backend removes the stop string, so a sample cut at the delimiter and a sample
-that ended at end-of-sequence look alike. Steps are requested with `stop=(delimiter,)`, and a new
-step is terminal when
-  - it carries a final answer (`has_final_answer`: a `\\boxed{}` or "the answer is"), or
-  - its text is empty after stripping (the model had nothing more to say: end of text), or
-  - it sits at `max_depth`.
-A terminal's answer is extracted from its own step (`extract_answer`: boxed, "the answer is", else the
-last number), as the paper grades a depth-limited path by what it reached; an empty end-of-text step
-has no answer and is valued -1. Terminal value: +1 if the checker says the answer equals the ground
-truth, else -1.
+Terminal steps (DESIGN §1). Only an explicit final answer can be correct. A new step is terminal when
+  - it states a final answer (`grading.final_answer`: a `\\boxed{}` or "The answer is ...") that closes
+    the text: valued +1 if it equals the ground truth, else -1;
+  - it states one and runs on after it, or the path repeats a line (`runs_on`, `repetition`): -1;
+  - it ends without one: the model ended the text (`end_of_text`), the step was cut at the token limit
+    (`token_limit`) or it sits at `max_depth` (`depth_limit`): -1, with no answer. Nothing is graded
+    by guessing the last number of an unfinished text.
+A leaf whose prompt no longer fits the model's context becomes a -1 terminal (`context_overflow`). A
+non-terminal leaf is valued by one rollout, scored by the same rule. Identical sibling steps (after
+whitespace normalisation) are merged into one child that counts its `samples`.
+
+Selection never enters an exhausted subtree (every leaf below it terminal), so the search spends its
+simulations on siblings instead of re-visiting answers it already has (Super_MARIO, rStar-Math);
+`reselect_terminals=True` restores classic UCT, which re-backs up a terminal it reaches again.
 
 Backup invariant (tested): a new child starts with visits=1 and value_sum=its value; every ancestor
 gets visits += 1 and value_sum += value per new child; a terminal reached again by selection is
@@ -34,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from sigma_assets.generation import GenerationRequest, Sample, SamplingParams
-from sigma_assets.grading import extract_answer, has_final_answer
+from sigma_assets.grading import final_answer, repeated_line
 
 CHATML_TEMPLATE = (
     "<|im_start|>user\n{problem}\n"
@@ -65,6 +69,8 @@ class MCTSSettings:
     step_delimiter: str = "\n\n"
     seed: int = 0
     prompt_template: str = CHATML_TEMPLATE
+    # Classic UCT re-selects terminals; off, exhausted subtrees are skipped (siblings get explored).
+    reselect_terminals: bool = False
 
     def __post_init__(self) -> None:
         if self.simulations < 1 or self.n_children < 1 or self.max_depth < 1:
@@ -84,19 +90,19 @@ class Node:
     visits: int = 0
     value_sum: float = 0.0
     terminal: bool = False
+    # Why a terminal is one: answer | runs_on | repetition | end_of_text | token_limit | depth_limit |
+    # context_overflow (see the module docstring); None for a non-terminal node.
+    terminal_reason: str | None = None
     answer: str | None = None
     correct: bool | None = None
     rollout_answer: str | None = None
     rollout_correct: bool | None = None
+    samples: int = 1  # sampled steps merged into this node (identical after whitespace normalisation)
     children: list[Node] = field(default_factory=list)
 
     @property
     def q(self) -> float:
         return self.value_sum / self.visits if self.visits else 0.0
-
-    @property
-    def is_leaf(self) -> bool:
-        return not self.children
 
 
 @dataclass
@@ -152,6 +158,8 @@ class SearchResult:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     round_stats: list[RoundStats] = field(default_factory=list)
+    # How each rollout ended: answer | no_answer | runs_on | repetition | token_limit | context_overflow.
+    rollout_outcomes: dict[str, int] = field(default_factory=dict)
 
     @property
     def without_selected_path(self) -> list[str]:
@@ -171,9 +179,13 @@ def policy_prompt(
     return template.replace("{problem}", problem) + "".join(step + delimiter for step in steps)
 
 
-def sampling_seed(seed: int, problem_id: str, node_id: str, purpose: str) -> int:
-    """A stable per-request seed, so a rerun issues identical requests (and a response store replays)."""
-    digest = hashlib.sha256(f"{seed}\x1f{problem_id}\x1f{node_id}\x1f{purpose}".encode()).digest()
+def sampling_seed(seed: int, temperature: float, problem_id: str, node_id: str, purpose: str) -> int:
+    """A stable per-request seed, so a rerun issues identical requests (and a response store replays).
+
+    The temperature is part of it: the searches at 0.4 and 0.7 are independent draws, as in the paper.
+    """
+    key = f"{seed}\x1f{temperature!r}\x1f{problem_id}\x1f{node_id}\x1f{purpose}"
+    digest = hashlib.sha256(key.encode()).digest()
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
@@ -183,22 +195,28 @@ def uct_score(child: Node, parent_visits: int, exploration: float) -> float:
     return child.q + exploration * math.sqrt(math.log(max(parent_visits, 1)) / child.visits)
 
 
-def select_child(node: Node, exploration: float) -> Node:
-    """argmax UCT; unvisited children first; ties go to the lowest child index (deterministic)."""
-    best = node.children[0]
+def select_child(node: Node, exploration: float, candidates: Sequence[Node] | None = None) -> Node:
+    """argmax UCT over `candidates` (default: every child); unvisited first; ties to the lowest index."""
+    pool = list(node.children if candidates is None else candidates)
+    best = pool[0]
     best_score = uct_score(best, node.visits, exploration)
-    for child in node.children[1:]:
+    for child in pool[1:]:
         score = uct_score(child, node.visits, exploration)
         if score > best_score:
             best, best_score = child, score
     return best
 
 
-def select_leaf(tree: Tree, exploration: float) -> list[Node]:
-    """Descend from the root by UCT through expanded non-terminal nodes; return the path to the leaf."""
+def select_leaf(tree: Tree, exploration: float, reselect_terminals: bool = False) -> list[Node]:
+    """Descend from the root by UCT through expanded non-terminal nodes; return the path to the leaf.
+
+    Exhausted children are skipped unless `reselect_terminals`, so the leaf is one still to expand.
+    """
     path = [tree.root]
     while path[-1].children and not path[-1].terminal:
-        path.append(select_child(path[-1], exploration))
+        node = path[-1]
+        open_children = None if reselect_terminals else [c for c in node.children if not is_exhausted(c)]
+        path.append(select_child(node, exploration, open_children))
     return path
 
 
@@ -218,6 +236,45 @@ def backup(path: Sequence[Node], value: float) -> None:
 def cut_step(text: str, delimiter: str) -> str:
     # The backend should already stop at the delimiter; cut again in case one did not.
     return text.split(delimiter, 1)[0].strip()
+
+
+def _same_step(a: str, b: str) -> bool:
+    return a.split() == b.split()
+
+
+def _classify_step(child: Node, sample: Sample, history: Sequence[str], max_depth: int) -> None:
+    """Decide whether a new step is terminal, and why (module docstring); set its answer if it has one."""
+    verdict = final_answer(child.step)
+    reason: str | None = None
+    if sample.finish_reason == "length":
+        reason = "token_limit"  # cut mid-step: whatever it says is unfinished
+    elif repeated_line("\n".join([*history, child.step])) is not None:
+        reason = "repetition"
+    elif verdict.reason in ("answer", "runs_on"):
+        reason = verdict.reason
+    elif not child.step or sample.finish_reason == "end":
+        reason = "end_of_text"
+    elif child.depth >= max_depth:
+        reason = "depth_limit"
+    child.terminal = reason is not None
+    child.terminal_reason = reason
+    child.answer = verdict.answer if reason == "answer" else None
+
+
+@dataclass(frozen=True)
+class _RolloutOutcome:
+    answer: str | None
+    reason: str
+
+
+def _rollout_outcome(sample: Sample | None, steps: Sequence[str], delimiter: str) -> _RolloutOutcome:
+    """A rollout is scored like a path: only an explicit answer that closes the whole text counts."""
+    if sample is None or sample.finish_reason == "context_overflow":
+        return _RolloutOutcome(None, "context_overflow")
+    if sample.finish_reason == "length":
+        return _RolloutOutcome(None, "token_limit")
+    verdict = final_answer(delimiter.join([*steps, sample.text]))
+    return _RolloutOutcome(verdict.answer, verdict.reason)
 
 
 @dataclass
@@ -258,6 +315,9 @@ def run_search(
         result.check_calls += 1
         return [bool(v) for v in verdicts]
 
+    def seed_for(tree: Tree, node: Node, purpose: str) -> int:
+        return sampling_seed(settings.seed, settings.temperature, tree.problem_id, node.node_id, purpose)
+
     def prompt_for(tree: Tree, path: Sequence[Node]) -> str:
         return policy_prompt(
             tree.problem, [n.step for n in path[1:]], settings.prompt_template, settings.step_delimiter
@@ -270,11 +330,11 @@ def run_search(
         result.rounds += 1
         calls_before, checks_before = result.generate_calls, result.check_calls
 
-        # 1. Selection: one leaf per active tree; a terminal reached again is simply re-backed up.
+        # 1. Selection: one leaf per active tree (classic UCT may reach a terminal: re-back it up).
         expansions: list[_Expansion] = []
         for tree in active:
             tree.simulations += 1
-            path = select_leaf(tree, settings.exploration)
+            path = select_leaf(tree, settings.exploration, settings.reselect_terminals)
             leaf = path[-1]
             if leaf.terminal:
                 backup(path, 1.0 if leaf.correct else -1.0)
@@ -293,25 +353,33 @@ def run_search(
                         top_p=settings.top_p,
                         max_tokens=settings.step_max_tokens,
                         stop=(settings.step_delimiter,),
-                        seed=sampling_seed(settings.seed, e.tree.problem_id, e.path[-1].node_id, "expand"),
+                        seed=seed_for(e.tree, e.path[-1], "expand"),
                     ),
                 )
                 for e in expansions
             ]
             for e, samples in zip(expansions, call_generate(requests), strict=True):
-                if not samples:
-                    raise ValueError(f"no samples to expand node {e.path[-1].node_id} of {e.tree.problem_id}")
                 leaf = e.path[-1]
-                for index, sample in enumerate(samples):
+                if not samples:
+                    raise ValueError(f"no samples to expand node {leaf.node_id} of {e.tree.problem_id}")
+                if any(sample.finish_reason == "context_overflow" for sample in samples):
+                    # Nothing more fits after this leaf: it ends here, with no answer.
+                    leaf.terminal, leaf.terminal_reason, leaf.correct = True, "context_overflow", False
+                    backup(e.path, -1.0)
+                    continue
+                history = [n.step for n in e.path[1:]]
+                for sample in samples:
                     step = cut_step(sample.text, settings.step_delimiter)
-                    child = Node(f"{leaf.node_id}.{index}", leaf.node_id, leaf.depth + 1, step)
-                    final = has_final_answer(step)
-                    child.terminal = final or not step or child.depth >= settings.max_depth
-                    child.answer = extract_answer(step) if child.terminal else None
+                    same = next((c for c in leaf.children if _same_step(c.step, step)), None)
+                    if same is not None:
+                        same.samples += 1
+                        continue
+                    child = Node(f"{leaf.node_id}.{len(leaf.children)}", leaf.node_id, leaf.depth + 1, step)
+                    _classify_step(child, sample, history, settings.max_depth)
                     leaf.children.append(child)
                     new_children.append((e, child))
 
-        # 3. Grade the new terminals in one checker call (no answer: wrong without asking).
+        # 3. Grade the new answered terminals in one checker call (the others are wrong without asking).
         graded = [(e, c) for e, c in new_children if c.terminal and c.answer is not None]
         for _, child in new_children:
             if child.terminal and child.answer is None:
@@ -332,7 +400,7 @@ def run_search(
                         temperature=settings.temperature,
                         top_p=settings.top_p,
                         max_tokens=settings.rollout_max_tokens,
-                        seed=sampling_seed(settings.seed, e.tree.problem_id, c.node_id, "rollout"),
+                        seed=seed_for(e.tree, c, "rollout"),
                     ),
                 )
                 for e, c in open_children
@@ -340,8 +408,11 @@ def run_search(
             responses = call_generate(requests)
             answered: list[tuple[_Expansion, Node]] = []
             for (e, child), samples in zip(open_children, responses, strict=True):
-                child.rollout_answer = extract_answer(samples[0].text) if samples else None
-                if child.rollout_answer is None:
+                steps = [n.step for n in e.path[1:]] + [child.step]
+                outcome = _rollout_outcome(samples[0] if samples else None, steps, settings.step_delimiter)
+                result.rollout_outcomes[outcome.reason] = result.rollout_outcomes.get(outcome.reason, 0) + 1
+                child.rollout_answer = outcome.answer
+                if outcome.answer is None:
                     child.rollout_correct = False
                 else:
                     answered.append((e, child))
@@ -373,21 +444,25 @@ def run_search(
     return result
 
 
-def _leaf_rank(node: Node) -> tuple[float, int, tuple[int, ...]]:
-    # Highest Q, then most visits, then the smallest node id (deterministic ties).
-    return (-node.q, -node.visits, tuple(int(i) for i in node.node_id.split(".")))
+def path_mean_q(path: Sequence[Node]) -> float:
+    """Mean Q over a path's steps (the root holds no step)."""
+    steps = path[1:]
+    return sum(n.q for n in steps) / len(steps) if steps else 0.0
 
 
 def selected_path(tree: Tree) -> list[Node] | None:
-    """Root .. the best correct terminal leaf (highest Q, most visits, smallest id); None if none.
+    """Root .. the correct terminal leaf whose path has the highest mean Q over its steps; None if none.
 
-    A non-terminal leaf whose rollout was correct does not count: the path must end in a real answer.
+    Ties: more visits of the leaf, then the smallest node id. A non-terminal leaf whose rollout was
+    correct does not count: the path must end in an explicit answer.
     """
-    correct = [n for n in tree.nodes() if n.terminal and n.correct is True]
-    if not correct:
+    paths = [tree.path_to(n.node_id) for n in tree.nodes() if n.terminal and n.correct is True]
+    if not paths:
         return None
-    best = min(correct, key=_leaf_rank)
-    return tree.path_to(best.node_id)
+    return min(paths, key=lambda p: (-path_mean_q(p), -p[-1].visits, node_id_key(p[-1].node_id)))
+
+
+SELECTION_RULE = "correct terminal leaf with the highest mean Q over its path's steps (then visits, then id)"
 
 
 # --- storage: one row per node --------------------------------------------------------------------
@@ -408,17 +483,19 @@ def tree_rows(tree: Tree) -> list[dict[str, Any]]:
             "value": float(n.value_sum),
             "q": float(n.q),
             "terminal": n.terminal,
+            "terminal_reason": n.terminal_reason,
             "answer": n.answer,
             "correct": n.correct,
             "rollout_answer": n.rollout_answer,
             "rollout_correct": n.rollout_correct,
+            "samples": n.samples,
             "on_selected_path": n.node_id in on_path,
         }
         for n in tree.nodes()
     ]
 
 
-def _id_key(node_id: str) -> tuple[int, ...]:
+def node_id_key(node_id: str) -> tuple[int, ...]:
     return tuple(int(i) for i in node_id.split("."))
 
 
@@ -430,7 +507,7 @@ def tree_from_rows(rows: Sequence[Mapping[str, Any]], problem: str = "", gold_an
     if len(problem_ids) != 1:
         raise ValueError(f"rows span several problems: {sorted(problem_ids)}")
     nodes: dict[str, Node] = {}
-    for r in sorted(rows, key=lambda r: _id_key(str(r["node_id"]))):
+    for r in sorted(rows, key=lambda r: node_id_key(str(r["node_id"]))):
         node = Node(
             node_id=str(r["node_id"]),
             parent_id=None if r["parent_id"] is None else str(r["parent_id"]),
@@ -439,10 +516,12 @@ def tree_from_rows(rows: Sequence[Mapping[str, Any]], problem: str = "", gold_an
             visits=int(r["visits"]),
             value_sum=float(r["value"]),
             terminal=bool(r["terminal"]),
+            terminal_reason=r.get("terminal_reason"),
             answer=r.get("answer"),
             correct=r.get("correct"),
             rollout_answer=r.get("rollout_answer"),
             rollout_correct=r.get("rollout_correct"),
+            samples=int(r.get("samples") or 1),
         )
         nodes[node.node_id] = node
         if node.parent_id is not None:
@@ -479,7 +558,10 @@ def render_tree_markdown(tree: Tree, max_nodes: int = 40) -> str:
         step = " ".join(node.step.split()) or ("(root)" if node.parent_id is None else "(empty)")
         if len(step) > 80:
             step = step[:77] + "..."
-        mark = ("✓ " if node.correct else "✗ ") if node.terminal else ""
+        mark = ""
+        if node.terminal:
+            why = node.terminal_reason if node.terminal_reason not in (None, "answer") else ""
+            mark = "✓ " if node.correct else f"✗ {why} " if why else "✗ "
         star = "★ " if node.node_id in on_path else ""
         indent = "  " * node.depth
         lines.append(f"{indent}- {star}{mark}`{node.node_id}` q={node.q:+.2f} n={node.visits} {step}")

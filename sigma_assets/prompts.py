@@ -164,6 +164,17 @@ def render_step_critique(problem: str, gold: str, record: SiblingSet) -> str:
     )
 
 
+# The fixed wording a critic is given; feedback that repeats it is an echo, not feedback.
+CRITIC_INSTRUCTIONS = (
+    SIBLING_EXPLAINER,
+    FEEDBACK_GUIDE,
+    GOLD_LINE,
+    CRITIQUE_PATH_TEMPLATE,
+    CRITIQUE_PATH_DEPTH,
+    CRITIQUE_STEP_TEMPLATE,
+)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Revision, mode `path`
 # ---------------------------------------------------------------------------------------------------------
@@ -191,11 +202,13 @@ A step may span several lines. Keep what each original step does and improve it 
 Step {n_steps} must end with the final answer written as \\boxed{{...}}. Write nothing after it."""
 
 
-def render_path_revision(problem: str, steps: Sequence[str], feedback: Mapping[int, str]) -> str:
-    """`feedback` maps depth (1-based) to its feedback; a depth without one gets "(no feedback)"."""
-    lines = "\n".join(
-        f"Step {d}: {feedback.get(d, '(no feedback)').strip()}" for d in range(1, len(steps) + 1)
-    )
+# What a depth without usable feedback says in a path revision (generic feedback is never shown).
+KEEP_STEP = "(no specific feedback: keep this step as it is)"
+
+
+def render_path_revision(problem: str, steps: Sequence[str], feedback: Mapping[int, str | None]) -> str:
+    """`feedback` maps depth (1-based) to its feedback; a depth without one (or None) keeps its step."""
+    lines = "\n".join(f"Step {d}: {(feedback.get(d) or KEEP_STEP).strip()}" for d in range(1, len(steps) + 1))
     return REVISION_PATH_TEMPLATE.format(
         problem=problem.strip(), path=numbered_steps(steps), feedback=lines, n_steps=len(steps)
     )

@@ -33,9 +33,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol, TypeVar
 
 from sigma_assets.generation import GenerationRequest, Sample, SamplingParams, user
-from sigma_assets.grading import extract_answer
+from sigma_assets.grading import FinalAnswer, final_answer
 from sigma_assets.llm_client import RequestFailed
 from sigma_assets.prompts import (
+    CRITIC_INSTRUCTIONS,
     describe_outcome,
     parse_path_critique,
     parse_path_revision,
@@ -184,6 +185,8 @@ class RefinedPath:
     final_answer: str | None
     correct: bool
     drift: bool
+    # Why the last revision was rejected: wrong_answer | no_answer | runs_on | repetition; None if kept.
+    rejected_revision: str | None
     regurgitation: bool
     generic_feedback: bool  # any depth's feedback was generic
     generic_depths: int
@@ -255,6 +258,24 @@ def content_tokens(text: str) -> set[str]:
     return tokens
 
 
+# Feedback that repeats this many words in a row from the critique instructions is an echo.
+ECHO_WORDS = 5
+
+
+def _word_ngrams(words: Sequence[str], n: int) -> set[tuple[str, ...]]:
+    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+
+
+_INSTRUCTION_NGRAMS = frozenset(
+    _word_ngrams(_WORD_RE.findall(" ".join(CRITIC_INSTRUCTIONS).lower()), ECHO_WORDS)
+)
+
+
+def echoes_instructions(words: Sequence[str]) -> bool:
+    """Whether lower-cased feedback words repeat `ECHO_WORDS` words in a row of the critic's instructions."""
+    return not _word_ngrams(words, ECHO_WORDS).isdisjoint(_INSTRUCTION_NGRAMS)
+
+
 def is_generic_feedback(feedback: str, record: SiblingSet, min_words: int = 6, min_overlap: int = 1) -> bool:
     """Feedback that names no depth-specific content.
 
@@ -262,10 +283,14 @@ def is_generic_feedback(feedback: str, record: SiblingSet, min_words: int = 6, m
     - it has fewer than `min_words` words;
     - it is one of `GENERIC_PHRASES` (lower-cased, punctuation stripped) with at most 3 other words;
     - it shares fewer than `min_overlap` content tokens (`content_tokens`: numbers, LaTeX commands,
-      content words) with the selected step and its siblings.
+      content words) with the selected step and its siblings;
+    - it echoes the critic's own instructions (`ECHO_WORDS` words in a row from them), as a weak critic
+      does when it continues its prompt instead of answering it.
     """
     words = _WORD_RE.findall(feedback.lower())
     if len(words) < min_words:
+        return True
+    if echoes_instructions(words):
         return True
     plain = " ".join(words)
     for phrase in GENERIC_PHRASES:
@@ -485,7 +510,7 @@ def _check_unique(problems: Sequence[ProblemPaths]) -> None:
 @dataclass
 class _State:
     problem: ProblemPaths
-    feedback: dict[int, str]
+    feedback: dict[int, str | None]  # None: the feedback was generic, keep the step
     stats: CallStats
     mode: RevisionMode = "path"
     revised: list[str] = field(default_factory=list)
@@ -522,7 +547,8 @@ def _revise(
     states = []
     for p in problems:
         rows = rows_by_problem.get(p.problem_id, [])
-        feedback = {row.depth: row.feedback for row in rows}
+        # Generic feedback never reaches a revision prompt: that depth is kept as it is.
+        feedback = {row.depth: None if row.generic else row.feedback for row in rows}
         missing = [r.depth for r in p.sibling_sets if r.depth not in feedback]
         if missing:
             raise ValueError(f"{p.problem_id}: no feedback for depth(s) {missing}")
@@ -544,21 +570,24 @@ def _revise(
             st.mode = "step"
     _revise_stepwise(stepwise, caller)
 
-    # Drift: one checker call per round covers every problem (the originals ride along in the first).
+    # Drift: a revision must end in an explicit answer, closing the text, equal to the gold one. One
+    # checker call per round covers every problem (the originals ride along in the first).
     golds = [st.problem.gold_answer for st in states]
     verdicts = check_answers(
-        [(g, extract_answer(st.revised[-1])) for g, st in zip(golds, states, strict=True)]
-        + [(g, extract_answer(st.problem.steps[-1])) for g, st in zip(golds, states, strict=True)]
+        [(g, path_answer(st.revised).answer) for g, st in zip(golds, states, strict=True)]
+        + [(g, path_answer(st.problem.steps).answer) for g, st in zip(golds, states, strict=True)]
     )
     ok = dict(zip((id(st) for st in states), verdicts[: len(states)], strict=True))
     original_ok = verdicts[len(states) :]
+    rejected = {id(st): _rejection(st.revised, ok[id(st)]) for st in states}
     for attempt in range(1, settings.drift_retries + 1):
         pending = [st for st in states if not ok[id(st)]]
         if not pending:
             break
         _retry_revisions(pending, caller, attempt)
-        again = check_answers([(st.problem.gold_answer, extract_answer(st.revised[-1])) for st in pending])
+        again = check_answers([(st.problem.gold_answer, path_answer(st.revised).answer) for st in pending])
         ok.update(zip((id(st) for st in pending), again, strict=True))
+        rejected.update((id(st), _rejection(st.revised, ok[id(st)])) for st in pending)
 
     critique_cost = {pid: _critique_cost(rows) for pid, rows in rows_by_problem.items()}
     out = []
@@ -575,9 +604,10 @@ def _revise(
                 problem_id=p.problem_id,
                 original_steps=p.steps,
                 refined_steps=refined,
-                final_answer=extract_answer(refined[-1]),
+                final_answer=path_answer(refined).answer,
                 correct=orig_ok if drift else True,
                 drift=drift,
+                rejected_revision=rejected[id(st)],
                 regurgitation=not drift and _same_modulo_whitespace(refined, p.steps),
                 generic_feedback=any(row.generic for row in rows),
                 generic_depths=sum(row.generic for row in rows),
@@ -599,7 +629,10 @@ def _revise_stepwise(states: Sequence[_State], caller: _Caller) -> None:
     for st in states:
         st.revised = []
     for depth in range(1, max((st.n_steps for st in states), default=0) + 1):
-        active = [st for st in states if st.n_steps >= depth]
+        for st in states:
+            if st.n_steps >= depth and st.feedback[depth] is None:
+                st.revised.append(st.problem.steps[depth - 1])
+        active = [st for st in states if st.n_steps >= depth and st.feedback[depth] is not None]
         jobs = [_step_revision_job(st, depth, settings) for st in active]
         # A missing `\boxed{}` in a last step is left to the drift guard: one validator serves the batch.
         for st, text in zip(active, caller.run(jobs, parse_step_text, isolate=False), strict=True):
@@ -617,8 +650,10 @@ def _path_revision_job(st: _State, settings: RefinementSettings) -> _Job:
 
 def _step_revision_job(st: _State, depth: int, settings: RefinementSettings) -> _Job:
     p = st.problem
+    feedback = st.feedback[depth]
+    assert feedback is not None, "a step with generic feedback is kept, not revised"
     prompt = render_step_revision(
-        p.problem, st.revised[: depth - 1], p.steps[depth - 1], st.feedback[depth], depth, st.n_steps
+        p.problem, st.revised[: depth - 1], p.steps[depth - 1], feedback, depth, st.n_steps
     )
     return _Job(prompt, settings.revision_step_max_tokens, parse_step_text, st.stats)
 
@@ -639,13 +674,25 @@ def _retry_revisions(pending: Sequence[_State], caller: _Caller, attempt: int) -
     ):
         if not isinstance(result, Exception):  # an unusable retry leaves the drifted revision in place
             st.revised = list(result)
-    last = [st for st in pending if st.mode != "path"]
+    last = [st for st in pending if st.mode != "path" and st.feedback[st.n_steps] is not None]
     jobs = [_step_revision_job(st, st.n_steps, settings) for st in last]
     for st, result in zip(last, caller.run(jobs, parse_step_text, isolate=True, retry=retry), strict=True):
         if not isinstance(result, Exception):
             st.revised[-1] = result
     for st in pending:
         st.attempts += 1
+
+
+def path_answer(steps: Sequence[str]) -> FinalAnswer:
+    """The explicit final answer that closes a whole path (its steps joined as the policy wrote them)."""
+    return final_answer("\n\n".join(steps))
+
+
+def _rejection(steps: Sequence[str], correct: bool) -> str | None:
+    if correct:
+        return None
+    verdict = path_answer(steps)
+    return "wrong_answer" if verdict.ok else verdict.reason
 
 
 def _critique_cost(rows: Sequence[CritiqueRow]) -> CallStats:

@@ -1,6 +1,8 @@
-"""Runs the main job once per shard in the local Dagster instance (the README's first command).
+"""Runs the main jobs in the local Dagster instance (the README's first command).
 
-Each shard is its own run, as a backfill would launch it, so the UI shows them as ordinary runs.
+`problems_job` once per shard, then `generation_job` once per (shard, temperature), as a backfill
+would launch them, so the UI shows them as ordinary runs. Each run prints a line as it starts and
+its headline figures when it ends.
 """
 
 from __future__ import annotations
@@ -10,17 +12,18 @@ import time
 
 import dagster as dg
 
-from sigma_assets.assets.partitions import SETTINGS
-from sigma_assets.definitions import defs, demo_run_config, generation_job
+from sigma_assets.definitions import defs, generation_job, problems_job
 
 # Per asset, the metadata worth a line in the terminal; the UI shows all of it.
 SUMMARY = {
-    "raw_problems": ("dagster/row_count",),
-    "mcts_trees": ("solved_share", "nodes", "policy_completion_tokens"),
-    "sibling_sets": ("problems_with_path", "problems_without_correct_leaf"),
+    "raw_problems": ("dagster/row_count", "skipped_rows"),
+    "mcts_trees": ("solved", "trees", "nodes", "policy_completion_tokens"),
+    "sibling_sets": ("problems_with_path", "sibling_mean_visits", "sibling_reached_share"),
     "critiques": ("generic_rate", "step_fallback_problems", "critic_requests"),
     "refined_paths": ("drift_rate", "regurgitation_rate", "calls_per_problem", "tokens_per_problem"),
 }
+# The console stays quiet; the UI keeps every event.
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 def summary(result: dg.ExecuteInProcessResult) -> str:
@@ -34,26 +37,32 @@ def summary(result: dg.ExecuteInProcessResult) -> str:
     return "\n".join(parts)
 
 
-def main() -> int:
-    instance = dg.DagsterInstance.get()
-    job = defs.resolve_job_def(generation_job.name)
+def run_all(job_name: str, instance: dg.DagsterInstance, started: float) -> list[str]:
+    """One run per partition of the job; returns the keys that failed."""
+    job = defs.resolve_job_def(job_name)
     keys = job.partitions_def.get_partition_keys() if job.partitions_def else []
-    # The job's default config, with the console quiet: the UI keeps every event.
-    run_config = demo_run_config(SETTINGS) | {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
     failed = []
-    for key in keys:
-        started = time.monotonic()
+    for index, key in enumerate(keys, start=1):
+        print(f"[{time.monotonic() - started:6.0f} s] {job_name} {key} ({index}/{len(keys)}) ...", flush=True)
+        t0 = time.monotonic()
         result = job.execute_in_process(
-            run_config=run_config, instance=instance, partition_key=key, raise_on_error=False
+            run_config=QUIET, instance=instance, partition_key=key, raise_on_error=False
         )
         status = "ok" if result.success else "FAILED"
-        elapsed = time.monotonic() - started
-        print(f"{generation_job.name} {key}: {status} in {elapsed:.1f} s (run {result.run_id})")
+        print(f"  {status} in {time.monotonic() - t0:.0f} s (run {result.run_id})")
         print(summary(result), flush=True)
         if not result.success:
-            failed.append(key)
+            failed.append(f"{job_name} {key}")
+    return failed
+
+
+def main() -> int:
+    instance = dg.DagsterInstance.get()
+    started = time.monotonic()
+    failed = run_all(problems_job.name, instance, started)
+    failed += run_all(generation_job.name, instance, started)
     if failed:
-        print(f"failed shards: {', '.join(failed)}; see the runs in the UI", file=sys.stderr)
+        print(f"failed: {', '.join(failed)}; see the runs in the UI", file=sys.stderr)
         return 1
     return 0
 

@@ -36,6 +36,7 @@ class Settings:
     critic_model: str
     critic_base_url: str | None
     critic_concurrency: int
+    temperatures: tuple[str, ...]
     aws_endpoint_url: str | None
     aws_region: str | None
 
@@ -82,6 +83,7 @@ class Settings:
             critic_model=get("SIGMA_CRITIC_MODEL", critic_default) or critic_default,
             critic_base_url=get("SIGMA_CRITIC_BASE_URL"),
             critic_concurrency=_positive_int(env, "SIGMA_CRITIC_CONCURRENCY", 16),
+            temperatures=_temperatures(env, "SIGMA_TEMPERATURES", "0.4,0.7"),
             aws_endpoint_url=get("AWS_ENDPOINT_URL"),
             aws_region=get("AWS_REGION"),
         )
@@ -105,3 +107,19 @@ def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
     if value < 1:
         raise SettingsError(f"{name}={raw!r}: expected a positive integer")
     return value
+
+
+def _temperatures(env: Mapping[str, str], name: str, default: str) -> tuple[str, ...]:
+    """Sampling temperatures as partition keys, exactly as written ("0.4", "0.7")."""
+    raw = env.get(name, "").strip() or default
+    keys = tuple(part.strip() for part in raw.split(","))
+    for key in keys:
+        try:
+            value = float(key)
+        except ValueError:
+            raise SettingsError(f"{name}={raw!r}: {key!r} is not a number") from None
+        if not 0.0 <= value <= 2.0:
+            raise SettingsError(f"{name}={raw!r}: {key} is outside 0..2")
+    if len(set(keys)) != len(keys) or len({float(k) for k in keys}) != len(keys):
+        raise SettingsError(f"{name}={raw!r}: a temperature is given twice")
+    return keys

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sigma_assets.mcts import Node, Tree, selected_path, trees_from_rows
+from sigma_assets.mcts import Node, Tree, node_id_key, selected_path, trees_from_rows
 
 
 @dataclass(frozen=True)
@@ -83,17 +83,13 @@ def _leaves(node: Node) -> list[Node]:
     return [leaf for child in node.children for leaf in _leaves(child)]
 
 
-def _id_key(node_id: str) -> tuple[int, ...]:
-    return tuple(int(i) for i in node_id.split("."))
-
-
 def best_continuation(node: Node) -> Outcome:
     """The best-Q leaf under `node` (itself if a leaf).
 
     Ties: a terminal beats a rollout-valued leaf (a reached answer beats an estimate), then more
     visits, then the smallest node id.
     """
-    leaf = min(_leaves(node), key=lambda n: (-n.q, not n.terminal, -n.visits, _id_key(n.node_id)))
+    leaf = min(_leaves(node), key=lambda n: (-n.q, not n.terminal, -n.visits, node_id_key(n.node_id)))
     if leaf.terminal:
         return Outcome(leaf.node_id, leaf.answer, leaf.correct, True)
     return Outcome(leaf.node_id, leaf.rollout_answer, leaf.rollout_correct, False)
@@ -130,6 +126,26 @@ def sibling_sets(tree: Tree) -> list[SiblingSet]:
 def sibling_sets_from_rows(rows: Sequence[Mapping[str, Any]]) -> list[SiblingSet]:
     """Sibling sets of every tree in a stored `tree_rows` table (several problems allowed)."""
     return [record for tree in trees_from_rows(rows) for record in sibling_sets(tree)]
+
+
+@dataclass(frozen=True)
+class ExplorationStats:
+    """How well the search explored the selected paths' siblings (what the critic gets to compare)."""
+
+    siblings: int
+    mean_visits: float
+    reached_share: float  # siblings whose best continuation is a reached terminal, not a rollout estimate
+
+
+def exploration_stats(records: Iterable[SiblingSet]) -> ExplorationStats:
+    siblings = [s for record in records for s in record.siblings]
+    if not siblings:
+        return ExplorationStats(0, 0.0, 0.0)
+    return ExplorationStats(
+        siblings=len(siblings),
+        mean_visits=sum(s.visits for s in siblings) / len(siblings),
+        reached_share=sum(s.outcome.terminal for s in siblings) / len(siblings),
+    )
 
 
 def problems_without_selected_path(trees: Iterable[Tree]) -> list[str]:

@@ -17,6 +17,7 @@ from sigma_assets.mcts import (
     Tree,
     policy_prompt,
     render_tree_markdown,
+    path_mean_q,
     run_search,
     sampling_seed,
     select_child,
@@ -189,16 +190,29 @@ def test_backup_arithmetic_round_by_round() -> None:
     assert (n00.visits, n00.value_sum) == (4, 0.0)  # 1 + 3 children; +1 +1 -1 -1
     assert (tree.root.visits, tree.root.value_sum) == (6, -2.0)
 
-    # Round 3: UCT from the root picks 0.0 (0 + sqrt(ln6/4) = 0.669 beats -1 + sqrt(ln6) = 0.339), then
-    # the right terminal 0.0.0, which is re-backed up (+1) without any model call.
+    # Round 3: UCT from the root picks 0.0 (0 + sqrt(ln6/4) = 0.669 beats -1 + sqrt(ln6) = 0.339). Its
+    # terminals are never selected again, so the search expands the open sibling 0.0.2: right, wrong,
+    # and a reasoning step whose rollout is wrong (-1 in all).
     tree, result = search(3)
+    assert (tree.node("0.0.0").visits, tree.node("0.0.0").value_sum) == (1, 1.0)
+    assert (tree.node("0.0.2").visits, tree.node("0.0.2").value_sum) == (4, -2.0)
+    assert (tree.node("0.0").visits, tree.node("0.0").value_sum) == (7, -1.0)
+    assert (tree.root.visits, tree.root.value_sum) == (9, -3.0)
+    assert [s.generate_calls for s in result.round_stats] == [2, 2, 2]
+    assert [s.check_calls for s in result.round_stats] == [1, 2, 2]
+    assert result.generate_calls == 6 and result.requests == 1 + 3 + 1 + 1 + 1 + 1
+    # Two correct leaves; 0.0.0's path has the higher mean Q (0.43 against 0.12).
+    assert [n.node_id for n in selected_path(tree)] == ["0", "0.0", "0.0.0"]
+
+
+def test_classic_uct_re_selects_a_terminal_and_only_backs_it_up() -> None:
+    settings = MCTSSettings(simulations=3, reselect_terminals=True)
+    result = run_search(problems(1), ScriptedPolicy(), Checker(), settings)
+    tree = result.trees[0]
+    # Round 3 reaches the right terminal 0.0.0 again: re-backed up (+1) without any model call.
     assert (tree.node("0.0.0").visits, tree.node("0.0.0").value_sum) == (2, 2.0)
     assert (tree.node("0.0").visits, tree.node("0.0").value_sum) == (5, 1.0)
-    assert (tree.root.visits, tree.root.value_sum) == (7, -1.0)
     assert [s.generate_calls for s in result.round_stats] == [2, 2, 0]
-    assert [s.check_calls for s in result.round_stats] == [1, 2, 0]
-    assert result.generate_calls == 4 and result.requests == 1 + 3 + 1 + 1
-    assert [n.node_id for n in selected_path(tree)] == ["0", "0.0", "0.0.0"]
 
 
 # --- invariants after a full search -------------------------------------------------------------------
@@ -213,12 +227,18 @@ def check_invariants(tree: Tree, settings: MCTSSettings) -> None:
         assert -1.0 <= node.q <= 1.0
         if node.depth == settings.max_depth:
             assert node.terminal
+        assert (node.terminal_reason is not None) == node.terminal
         if node.terminal:
             assert not node.children
             assert node.correct is not None
+            assert node.correct is False or node.terminal_reason == "answer"
             assert node.value_sum == (1.0 if node.correct else -1.0) * node.visits
+            if not settings.reselect_terminals and node.terminal_reason != "context_overflow":
+                assert node.visits == 1  # a terminal is never selected again
         if node.children:
-            assert len(node.children) == settings.n_children
+            # Identical samples are merged into one child that counts them.
+            assert sum(c.samples for c in node.children) == settings.n_children
+            assert len({" ".join(c.step.split()) for c in node.children}) == len(node.children)
             for index, child in enumerate(node.children):
                 assert child.node_id == f"{node.node_id}.{index}"
                 assert child.parent_id == node.node_id and child.depth == node.depth + 1
@@ -243,9 +263,9 @@ def test_invariants_after_full_search(rollout: str) -> None:
             leaf = path[-1]
             assert leaf.terminal and leaf.correct is True
             assert [n.node_id for n in path] == [n.node_id for n in tree.path_to(leaf.node_id)]
-            # Best correct leaf: no other correct terminal has a higher Q.
-            others = [n for n in tree.nodes() if n.terminal and n.correct]
-            assert all(n.q <= leaf.q for n in others)
+            # No other correct terminal's path has a higher mean Q over its steps.
+            others = [tree.path_to(n.node_id) for n in tree.nodes() if n.terminal and n.correct]
+            assert all(path_mean_q(other) <= path_mean_q(path) for other in others)
             assert sum(r["on_selected_path"] for r in tree_rows(tree)) == len(path)
         else:
             assert not any(n.terminal and n.correct for n in tree.nodes())
@@ -260,7 +280,11 @@ def test_no_selected_path_without_a_correct_terminal() -> None:
     # Every step keeps reasoning and every rollout is right: rollouts alone never make a selected path.
     def policy(requests: Sequence[GenerationRequest]) -> list[list[Sample]]:
         return [
-            [Sample("step" if r.params.stop else "\\boxed{4}") for _ in range(r.params.n)] for r in requests
+            [
+                Sample(f"step {r.params.seed}-{i}" if r.params.stop else "\\boxed{4}")
+                for i in range(r.params.n)
+            ]
+            for r in requests
         ]
 
     settings = MCTSSettings(simulations=4, max_depth=16)
@@ -284,19 +308,130 @@ def test_depth_limit_and_empty_steps_are_terminal_without_answer() -> None:
     assert {n.depth for n in tree.nodes()} == {0, 1, 2}
 
 
-def test_a_depth_limited_step_is_graded_by_the_number_it_reached() -> None:
+def test_a_depth_limited_step_is_never_correct_whatever_number_it_ends_with() -> None:
     def policy(requests: Sequence[GenerationRequest]) -> list[list[Sample]]:
-        return [[Sample("2 + 2 = 4."), Sample("2 + 2 = 5."), Sample("hmm")] for _ in requests]
+        return [
+            [Sample("2 + 2 = 4."), Sample("2 + 2 = 4, so the answer is 4."), Sample("hmm")] for _ in requests
+        ]
 
     checker = Checker()
     result = run_search(
         problems(1), policy, checker, MCTSSettings(simulations=4, max_depth=1, rollout="none")
     )
     leaves = {n.step: n for n in result.trees[0].nodes() if n.depth == 1}
-    assert (leaves["2 + 2 = 4."].answer, leaves["2 + 2 = 4."].correct) == ("4", True)
-    assert (leaves["2 + 2 = 5."].answer, leaves["2 + 2 = 5."].correct) == ("5", False)
+    unfinished = leaves["2 + 2 = 4."]
+    assert (unfinished.terminal_reason, unfinished.answer, unfinished.correct) == ("depth_limit", None, False)
     assert leaves["hmm"].answer is None and leaves["hmm"].correct is False
-    assert [n.step for n in selected_path(result.trees[0])] == ["", "2 + 2 = 4."]
+    explicit = leaves["2 + 2 = 4, so the answer is 4."]
+    assert (explicit.terminal_reason, explicit.answer, explicit.correct) == ("answer", "4", True)
+    assert checker.calls == [[("4", "4")]]  # only the explicit answer was graded
+    assert selected_path(result.trees[0])[-1] is explicit
+
+
+def test_a_step_cut_at_the_token_limit_is_never_correct() -> None:
+    def policy(requests: Sequence[GenerationRequest]) -> list[list[Sample]]:
+        return [
+            [Sample("The answer is \\boxed{4}", "length"), Sample("3. 5 + 5 = 10 in", "length")]
+            for _ in requests
+        ]
+
+    result = run_search(problems(1), policy, Checker(), MCTSSettings(simulations=2, n_children=2))
+    children = result.trees[0].root.children
+    assert [(c.terminal_reason, c.answer, c.correct) for c in children] == [("token_limit", None, False)] * 2
+    assert selected_path(result.trees[0]) is None
+
+
+def test_an_answer_that_does_not_close_the_step_or_a_repeating_path_is_rejected() -> None:
+    def policy(requests: Sequence[GenerationRequest]) -> list[list[Sample]]:
+        out = []
+        for r in requests:
+            depth = len(steps_of(r.prompt or ""))
+            if depth < 2:
+                texts = ["Ben has 3", "Ben has 3 more", "x"]
+            else:
+                texts = ["The answer is 4. Ben has 3 apples.", "Ben has 3", "The answer is 4."]
+            out.append([Sample(t) for t in texts])
+        return out
+
+    settings = MCTSSettings(simulations=30, max_depth=3, rollout="none")
+    tree = run_search(problems(1), policy, Checker(), settings).trees[0]
+    reasons = {n.terminal_reason for n in tree.nodes() if n.terminal}
+    assert {"runs_on", "repetition", "answer"} <= reasons
+    for node in tree.nodes():
+        if node.terminal_reason in ("runs_on", "repetition"):
+            assert node.answer is None and node.correct is False
+    # "Ben has 3" three times along one path is a repetition, never a correct path.
+    repeated = [n for n in tree.nodes() if n.terminal_reason == "repetition"]
+    assert all([s.step for s in tree.path_to(n.node_id)].count("Ben has 3") == 3 for n in repeated)
+
+
+def test_a_text_ended_by_the_model_without_an_answer_is_a_wrong_terminal() -> None:
+    def policy(requests: Sequence[GenerationRequest]) -> list[list[Sample]]:
+        return [[Sample("Ben has 3 apples.", "end"), Sample("The answer is 4.", "end")] for _ in requests]
+
+    tree = run_search(problems(1), policy, Checker(), MCTSSettings(simulations=2, n_children=2)).trees[0]
+    ended, answered = tree.root.children
+    assert (ended.terminal_reason, ended.correct) == ("end_of_text", False)
+    assert (answered.terminal_reason, answered.correct) == ("answer", True)
+
+
+def test_rollouts_count_only_an_explicit_answer_that_closes_the_text() -> None:
+    rollouts = {
+        "0.0": Sample("2 + 2 = 4"),  # no explicit answer
+        "0.1": Sample("The answer is \\boxed{4}", "length"),  # cut off
+        "0.2": Sample("The answer is 4. Then more text."),  # runs on
+        "0.3": Sample("So \\boxed{4}."),
+    }
+
+    def policy(requests: Sequence[GenerationRequest]) -> list[list[Sample]]:
+        out = []
+        for r in requests:
+            if r.params.stop:
+                out.append([Sample(f"step {i}") for i in range(r.params.n)])
+            else:
+                index = steps_of(r.prompt or "")[-1].split()[-1]
+                out.append([rollouts[f"0.{index}"]])
+        return out
+
+    result = run_search(problems(1), policy, Checker(), MCTSSettings(simulations=1, n_children=4))
+    children = result.trees[0].root.children
+    assert [c.rollout_correct for c in children] == [False, False, False, True]
+    assert [c.rollout_answer for c in children] == [None, None, None, "4"]
+    assert result.rollout_outcomes == {"no_answer": 1, "token_limit": 1, "runs_on": 1, "answer": 1}
+
+
+def test_a_prompt_beyond_the_context_is_a_wrong_terminal_not_a_failure() -> None:
+    def policy(requests: Sequence[GenerationRequest]) -> list[list[Sample]]:
+        out = []
+        for r in requests:
+            depth = len(steps_of(r.prompt or ""))
+            if depth >= 1:  # anything past the first step no longer fits
+                out.append([Sample("", "context_overflow")] * r.params.n)
+            else:
+                out.append([Sample(f"step {i}") for i in range(r.params.n)])
+        return out
+
+    settings = MCTSSettings(simulations=5)
+    result = run_search(problems(1), policy, Checker(), settings)
+    tree = result.trees[0]
+    overflowed = [n for n in tree.nodes() if n.terminal_reason == "context_overflow"]
+    assert overflowed and all(n.correct is False and not n.children for n in overflowed)
+    assert tree.exhausted and selected_path(tree) is None
+    assert result.rollout_outcomes == {"context_overflow": 3}
+    check_invariants(tree, settings)
+    for node in overflowed:
+        assert node.visits == 2 and node.value_sum == -2.0  # its rollout, then the overflow itself
+
+
+def test_identical_sibling_steps_are_merged() -> None:
+    def policy(requests: Sequence[GenerationRequest]) -> list[list[Sample]]:
+        return [
+            [Sample("add  3 and 4"), Sample("add 3\nand 4"), Sample("The answer is 7.")] for _ in requests
+        ]
+
+    tree = run_search(problems(1), policy, Checker(), MCTSSettings(simulations=1)).trees[0]
+    assert [(c.step, c.samples) for c in tree.root.children] == [("add  3 and 4", 2), ("The answer is 7.", 1)]
+    assert [c.node_id for c in tree.root.children] == ["0.0", "0.1"]
 
 
 def test_exhausted_root_stops_after_one_round() -> None:
@@ -353,9 +488,18 @@ def test_rerun_issues_identical_requests() -> None:
     assert [tree_rows(t) for t in a.trees] == [tree_rows(t) for t in b.trees]
     seeds = [r.params.seed for call in first.calls for r in call]
     assert len(set(seeds)) == len(seeds)  # one seed per (problem, node, purpose)
-    assert sampling_seed(11, "p0", "0", "expand") == first.calls[0][0].params.seed
-    assert sampling_seed(12, "p0", "0", "expand") != sampling_seed(11, "p0", "0", "expand")
-    assert sampling_seed(11, "p0", "0.1", "expand") != sampling_seed(11, "p0", "0.1", "rollout")
+    assert sampling_seed(11, 0.7, "p0", "0", "expand") == first.calls[0][0].params.seed
+    assert sampling_seed(12, 0.7, "p0", "0", "expand") != sampling_seed(11, 0.7, "p0", "0", "expand")
+    assert sampling_seed(11, 0.7, "p0", "0.1", "expand") != sampling_seed(11, 0.7, "p0", "0.1", "rollout")
+
+
+def test_seeds_differ_by_temperature() -> None:
+    cold, hot = LoggedPolicy(), LoggedPolicy()
+    run_search(problems(2), cold, Checker(), MCTSSettings(simulations=3, temperature=0.4))
+    run_search(problems(2), hot, Checker(), MCTSSettings(simulations=3, temperature=0.7))
+    cold_seeds = {r.params.seed for call in cold.calls for r in call}
+    hot_seeds = {r.params.seed for call in hot.calls for r in call}
+    assert cold_seeds and not cold_seeds & hot_seeds
 
 
 def test_duplicate_problem_ids_are_refused() -> None:
@@ -388,9 +532,9 @@ def test_render_tree_markdown_marks_path_and_truncates() -> None:
     result = run_search(problems(1), ScriptedPolicy(), Checker(), MCTSSettings(simulations=3))
     text = render_tree_markdown(result.trees[0])
     assert "★ ✓ `0.0.0`" in text and "✗ `0.0.1`" in text and "★ `0.0`" in text
-    assert "q=+1.00 n=2" in text
+    assert "q=+1.00 n=1" in text
     short = render_tree_markdown(result.trees[0], max_nodes=2)
-    assert short.splitlines()[-1] == "- … 5 more nodes"
+    assert short.splitlines()[-1] == "- … 8 more nodes"
     long_step = Tree("x", "?", "1")
     long_step.root.children = [Node("0.0", "0", 1, "word " * 50)]
     assert max(len(line) for line in render_tree_markdown(long_step).splitlines()) < 120

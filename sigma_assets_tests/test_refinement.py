@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import pytest
 
@@ -306,3 +307,74 @@ def test_problem_paths_and_preview() -> None:
     assert "First add: 2 + 3 = 5." in md and "reached answer 14 (incorrect)" in md
     assert "Keep the numbers" in md and "Clearly, Then 5 * 4 = 20" in md
     assert "\n| 1 | " in md and "\n| 2 | " in md and "\n| 3 | " not in md
+
+
+# --- strict answers and generic feedback ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("last_step", "reason"),
+    [
+        ("Then 5 * 4 = 20.", "no_answer"),  # the right number, but no explicit answer
+        ("So \\boxed{20}. Then we add 3 more apples.", "runs_on"),
+        ("So \\boxed{21}.", "wrong_answer"),
+        ("Then 5 * 4 = 20.\nThen 5 * 4 = 20.\nThen 5 * 4 = 20.\nSo \\boxed{20}.", "repetition"),
+    ],
+)
+def test_a_revision_without_an_explicit_correct_closing_answer_is_drift(last_step: str, reason: str) -> None:
+    problem = make_problem(3)  # (5 + 3) * 4 = 32 ... gold 32
+    gold = problem.gold_answer
+    script = Script(
+        revise_step=lambda step, _: last_step.replace("20", gold) if "\\boxed" in step else f"Clearly, {step}"
+    )
+    if reason == "wrong_answer":
+        script.revise_step = lambda step, _: "So \\boxed{21}." if "\\boxed" in step else step
+    (refined,) = refine([problem], script, exact_checker, STEP)
+    assert refined.drift and refined.rejected_revision == reason
+    assert refined.refined_steps == problem.steps  # the original path, which ends in an explicit answer
+    assert refined.correct and refined.final_answer == gold
+    assert refined.revision_attempts == 2  # one drift retry, rejected for the same reason
+
+
+def test_an_original_path_without_an_explicit_answer_is_never_marked_correct() -> None:
+    base = make_problem(0)
+    unfinished = replace(base.sibling_sets[-1], selected_step=f"Then 5 * 4 = {base.gold_answer}.")
+    problem = ProblemPaths(
+        base.problem_id, base.problem, base.gold_answer, (base.sibling_sets[0], unfinished)
+    )
+    script = Script(revise_step=lambda step, _: f"Clearly, {step}")
+    (refined,) = refine([problem], script, exact_checker, STEP)
+    assert refined.drift and not refined.correct and refined.final_answer is None
+
+
+def test_feedback_that_echoes_the_critic_instructions_is_generic_and_never_reaches_a_revision() -> None:
+    echo = (
+        "A search tried several candidate steps at every depth; the candidates at one depth share "
+        "the same earlier steps."
+    )
+    problem = make_problem(1)
+    assert is_generic_feedback(echo, problem.sibling_sets[0])
+    script = Script(step_feedback=echo)
+    result = refine_all([problem], script, exact_checker, STEP)
+    assert all(row.generic for row in result.critiques)
+    revision_prompts = [prompt_of(r) for call in script.calls for r in call if "to rewrite" in prompt_of(r)]
+    assert revision_prompts == []  # every depth's feedback was generic: nothing to revise
+    (refined,) = result.refined
+    assert refined.refined_steps == problem.steps and refined.regurgitation and not refined.drift
+
+
+def test_path_revision_prompts_never_show_generic_feedback() -> None:
+    problem = make_problem(2)
+    generic_text = "This step looks good."
+
+    def critique_json(prompt: str) -> str:
+        entries = json.loads(specific_json(prompt))["feedback"]
+        entries[0]["feedback"] = generic_text
+        return json.dumps({"feedback": entries})
+
+    script = Script(critique_json=critique_json)
+    refine([problem], script, exact_checker, PATH)
+    revisions = [
+        prompt_of(r) for call in script.calls for r in call if "Write the revised solution" in prompt_of(r)
+    ]
+    assert revisions and all(generic_text not in p and "keep this step as it is" in p for p in revisions)

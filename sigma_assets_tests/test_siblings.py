@@ -10,8 +10,10 @@ import polars as pl
 from sigma_assets.generation import GenerationRequest, Sample
 from sigma_assets.mcts import MCTSSettings, Node, Tree, run_search, selected_path, tree_rows
 from sigma_assets.siblings import (
+    ExplorationStats,
     Outcome,
     best_continuation,
+    exploration_stats,
     problems_without_selected_path,
     sibling_sets,
     sibling_sets_from_rows,
@@ -81,7 +83,7 @@ def test_sibling_sets_of_the_scripted_tree() -> None:
 
     assert (depth1.depth, depth1.history, depth1.selected_node_id) == (1, (), "0.0")
     assert depth1.selected_step == "Step 1 option 0"
-    assert (depth1.selected_q, depth1.selected_visits) == (1 / 5, 5)
+    assert (depth1.selected_q, depth1.selected_visits) == (-1 / 7, 7)
     assert [(s.node_id, s.step, s.q, s.visits) for s in depth1.siblings] == [
         ("0.1", "Step 1 option 1", -1.0, 1),
         ("0.2", "Step 1 option 2", -1.0, 1),
@@ -94,10 +96,24 @@ def test_sibling_sets_of_the_scripted_tree() -> None:
 
     assert (depth2.depth, depth2.history, depth2.selected_node_id) == (2, ("Step 1 option 0",), "0.0.0")
     assert depth2.selected_step == "So the answer is \\boxed{4}."
+    # The third round explored the open sibling 0.0.2 instead of re-visiting 0.0.0: its outcome is a
+    # reached (correct) answer, not a rollout estimate.
     assert [s.outcome for s in depth2.siblings] == [
         Outcome("0.0.1", "5", False, True),
-        Outcome("0.0.2", "9", False, False),
+        Outcome("0.0.2.0", "4", True, True),
     ]
+    assert [s.visits for s in depth2.siblings] == [1, 4]
+
+    stats = exploration_stats([depth1, depth2])
+    assert stats == ExplorationStats(siblings=4, mean_visits=(1 + 1 + 1 + 4) / 4, reached_share=0.5)
+
+
+def test_classic_uct_leaves_siblings_estimated_by_one_rollout() -> None:
+    settings = MCTSSettings(simulations=3, reselect_terminals=True)
+    tree = run_search(problems(1), scripted_policy, checker, settings).trees[0]
+    stats = exploration_stats(sibling_sets(tree))
+    assert stats == ExplorationStats(siblings=4, mean_visits=1.0, reached_share=0.25)
+    assert exploration_stats([]) == ExplorationStats(0, 0.0, 0.0)
 
 
 def test_siblings_share_the_selected_parent_after_a_full_search() -> None:

@@ -5,7 +5,15 @@ from collections.abc import Callable
 import dagster as dg
 import polars as pl
 
-from sigma_assets.assets.partitions import SHARD_RETRY, SHARDS, shard_asset
+from sigma_assets.assets.partitions import (
+    SAME_SHARD,
+    SETTINGS,
+    SHARD_RETRY,
+    SHARD_TEMPERATURE,
+    search_asset,
+    store_namespace,
+)
+from sigma_assets.budgets import refinement_budget
 from sigma_assets.generation import GenerationRequest
 from sigma_assets.grading import AnswerChecker
 from sigma_assets.llm_client import LLMClient, RequestFailed
@@ -41,6 +49,7 @@ REFINED_SCHEMA = {
     "final_answer": pl.String,
     "correct": pl.Boolean,
     "drift": pl.Boolean,
+    "rejected_revision": pl.String,
     "regurgitation": pl.Boolean,
     "generic_feedback": pl.Boolean,
     "generic_depths": pl.Int64,
@@ -55,16 +64,20 @@ REFINED_SCHEMA = {
 }
 
 
+# The budget that fits the configured critic, however a run starts (see `budgets`).
+_BUDGET = refinement_budget(SETTINGS.critic_backend, SETTINGS.critic_model)
+
+
 class RefinementConfig(dg.Config):
     """Critique and revision settings (DESIGN §1): `path` (one call each per problem) or `step` mode."""
 
-    mode: str = "path"
-    temperature: float = 0.0
-    critique_path_max_tokens: int = 1536
-    critique_step_max_tokens: int = 384
-    revision_path_max_tokens: int = 2048
-    revision_step_max_tokens: int = 512
-    drift_retries: int = 1
+    mode: str = _BUDGET.mode
+    temperature: float = _BUDGET.temperature
+    critique_path_max_tokens: int = _BUDGET.critique_path_max_tokens
+    critique_step_max_tokens: int = _BUDGET.critique_step_max_tokens
+    revision_path_max_tokens: int = _BUDGET.revision_path_max_tokens
+    revision_step_max_tokens: int = _BUDGET.revision_step_max_tokens
+    drift_retries: int = _BUDGET.drift_retries
     seed: int = 0
 
     def to_settings(self) -> RefinementSettings:
@@ -109,9 +122,10 @@ def _per_problem(
     )
 
 
-@shard_asset(
+@search_asset(
     retry_policy=SHARD_RETRY,
     pool="llm_critic",
+    ins={"raw_problems": dg.AssetIn(partition_mapping=SAME_SHARD), "sibling_sets": dg.AssetIn()},
     description="Per (problem, depth) of each selected path: the critic's feedback against the siblings.",
 )
 def critiques(
@@ -124,7 +138,7 @@ def critiques(
 ) -> pl.DataFrame:
     problems = _problems(raw_problems, sibling_sets)
     settings = config.to_settings()
-    with critic.client(storage.root(), f"critic/{context.partition_key}") as client:
+    with critic.client(storage.root(), store_namespace("critic", context)) as client:
         rows: list[CritiqueRow] = _per_problem(
             problems, lambda ps: critique(ps, client.generate, settings, _key_of(client)), "critique"
         )
@@ -147,9 +161,14 @@ def critiques(
     return frame
 
 
-@shard_asset(
+@search_asset(
     retry_policy=SHARD_RETRY,
     pool="llm_critic",
+    ins={
+        "raw_problems": dg.AssetIn(partition_mapping=SAME_SHARD),
+        "sibling_sets": dg.AssetIn(),
+        "critiques": dg.AssetIn(),
+    },
     description="Per problem: the selected path revised with its feedback, guarded against drift.",
 )
 def refined_paths(
@@ -165,7 +184,7 @@ def refined_paths(
     feedback = [CritiqueRow.from_row(r) for r in critiques.drop("critic_model").iter_rows(named=True)]
     settings = config.to_settings()
     with (
-        critic.client(storage.root(), f"critic/{context.partition_key}") as client,
+        critic.client(storage.root(), store_namespace("critic", context)) as client,
         AnswerChecker() as checker,
     ):
         refined = _per_problem(
@@ -211,7 +230,7 @@ class RateThresholds(dg.Config):
 
 @dg.asset_check(
     asset=refined_paths,
-    partitions_def=SHARDS,
+    partitions_def=SHARD_TEMPERATURE,
     additional_ins={"sibling_sets": dg.AssetIn(), "critiques": dg.AssetIn()},
     description="No problem is lost between sibling_sets, critiques and refined_paths.",
 )
@@ -234,7 +253,9 @@ def no_problem_lost(
 
 
 @dg.asset_check(
-    asset=refined_paths, partitions_def=SHARDS, description="Drift and generic rates under thresholds."
+    asset=refined_paths,
+    partitions_def=SHARD_TEMPERATURE,
+    description="Drift and generic rates under thresholds.",
 )
 def guard_rates(config: RateThresholds, refined_paths: pl.DataFrame) -> dg.AssetCheckResult:
     # Both rates are shares of problems (a problem counts as generic if any of its depths was).
@@ -248,7 +269,9 @@ def guard_rates(config: RateThresholds, refined_paths: pl.DataFrame) -> dg.Asset
 
 
 @dg.asset_check(
-    asset=refined_paths, partitions_def=SHARDS, description="Every refined path ends with a checked answer."
+    asset=refined_paths,
+    partitions_def=SHARD_TEMPERATURE,
+    description="Every refined path ends with a checked answer.",
 )
 def refined_answers_checked(refined_paths: pl.DataFrame) -> dg.AssetCheckResult:
     unchecked = refined_paths.filter(pl.col("final_answer").is_null() | ~pl.col("correct"))

@@ -1,14 +1,24 @@
 """mcts_trees and sibling_sets: batched MCTS with the policy model, then each selected step's siblings."""
 
 import json
+from collections import Counter
 from dataclasses import asdict
 
 import dagster as dg
 import polars as pl
 
-from sigma_assets.assets.partitions import SHARD_RETRY, shard_asset
+from sigma_assets.assets.partitions import (
+    SAME_SHARD,
+    SETTINGS,
+    SHARD_RETRY,
+    search_asset,
+    shard_and_temperature,
+    store_namespace,
+)
+from sigma_assets.budgets import search_budget
 from sigma_assets.grading import AnswerChecker
 from sigma_assets.mcts import (
+    SELECTION_RULE,
     MCTSSettings,
     render_tree_markdown,
     run_search,
@@ -17,6 +27,7 @@ from sigma_assets.mcts import (
     trees_from_rows,
 )
 from sigma_assets.resources import LLMResource, StorageResource
+from sigma_assets.siblings import exploration_stats
 from sigma_assets.siblings import sibling_sets as siblings_of
 
 TREE_SCHEMA = {
@@ -29,10 +40,12 @@ TREE_SCHEMA = {
     "value": pl.Float64,
     "q": pl.Float64,
     "terminal": pl.Boolean,
+    "terminal_reason": pl.String,
     "answer": pl.String,
     "correct": pl.Boolean,
     "rollout_answer": pl.String,
     "rollout_correct": pl.Boolean,
+    "samples": pl.Int64,
     "on_selected_path": pl.Boolean,
 }
 _OUTCOME = pl.Struct(
@@ -53,29 +66,37 @@ SIBLING_SCHEMA = {
 }
 
 
-class SearchConfig(dg.Config):
-    """MCTS settings (DESIGN §1); the defaults are the paper's, except simulations (peers use 16-48)."""
+# The budget that fits the configured policy model: the Launchpad, backfills and schedules all start
+# from it (the paper's search for a real model, a small one for the bundled CPU model).
+_BUDGET = search_budget(SETTINGS.policy_model)
 
-    simulations: int = 16
-    n_children: int = 3
-    max_depth: int = 16
-    temperature: float = 0.7
-    top_p: float = 1.0
-    exploration: float = 1.0
-    rollout: str = "policy"
-    step_max_tokens: int = 256
-    rollout_max_tokens: int = 1024
-    seed: int = 0
+
+class SearchConfig(dg.Config):
+    """MCTS settings (DESIGN §1). The temperature is not here: it is the partition's."""
+
+    simulations: int = _BUDGET.simulations
+    n_children: int = _BUDGET.n_children
+    max_depth: int = _BUDGET.max_depth
+    top_p: float = _BUDGET.top_p
+    exploration: float = _BUDGET.exploration
+    rollout: str = _BUDGET.rollout
+    step_max_tokens: int = _BUDGET.step_max_tokens
+    rollout_max_tokens: int = _BUDGET.rollout_max_tokens
+    seed: int = _BUDGET.seed
+    prompt_template: str = _BUDGET.prompt_template
+    reselect_terminals: bool = _BUDGET.reselect_terminals
     answer_timeout_s: float = 5.0
 
-    def to_settings(self) -> MCTSSettings:
-        return MCTSSettings(**self.model_dump(exclude={"answer_timeout_s"}))  # validated there
+    def to_settings(self, temperature: float) -> MCTSSettings:
+        fields = self.model_dump(exclude={"answer_timeout_s"})
+        return MCTSSettings(**fields, temperature=temperature)  # validated there
 
 
-@shard_asset(
+@search_asset(
     retry_policy=SHARD_RETRY,
     pool="llm_policy",
-    description="One row per MCTS node: every problem of the shard searched with the policy model.",
+    ins={"raw_problems": dg.AssetIn(partition_mapping=SAME_SHARD)},
+    description="One row per MCTS node: every problem of the shard searched at the partition's temperature.",
 )
 def mcts_trees(
     context: dg.AssetExecutionContext,
@@ -84,10 +105,11 @@ def mcts_trees(
     policy: LLMResource,
     storage: StorageResource,
 ) -> pl.DataFrame:
-    settings = config.to_settings()
+    _, temperature = shard_and_temperature(context)
+    settings = config.to_settings(float(temperature))
     problems = [(r["problem_id"], r["problem"], r["answer"]) for r in raw_problems.iter_rows(named=True)]
     with (
-        policy.client(storage.root(), f"policy/{context.partition_key}") as client,
+        policy.client(storage.root(), store_namespace("policy", context)) as client,
         AnswerChecker(timeout_s=config.answer_timeout_s) as checker,
     ):
         result = run_search(problems, client.generate, checker.check_many, settings)
@@ -95,19 +117,32 @@ def mcts_trees(
     frame = pl.DataFrame([row for tree in result.trees for row in tree_rows(tree)], schema=TREE_SCHEMA)
     solved = [tree for tree in result.trees if selected_path(tree) is not None]
     preview_tree = solved[0] if solved else (result.trees[0] if result.trees else None)
+    steps = frame.filter(pl.col("depth") > 0)
+    reasons = Counter(frame.filter(pl.col("terminal"))["terminal_reason"].to_list())
     context.add_output_metadata(
         {
             "dagster/row_count": frame.height,
             "trees": len(result.trees),
             "nodes": frame.height,
+            "solved": len(solved),
             "solved_share": round(len(solved) / len(result.trees), 4) if result.trees else 0.0,
-            "mean_depth": round(float(frame.filter(pl.col("depth") > 0)["depth"].mean() or 0.0), 3),
+            "mean_depth": round(float(steps["depth"].mean() or 0.0), 3),
             "rounds": result.rounds,
             "generate_calls": result.generate_calls,
+            "merged_duplicate_steps": int((steps["samples"] - 1).sum()),
+            "context_overflows": reasons["context_overflow"]
+            + result.rollout_outcomes.get("context_overflow", 0),
+            "terminal_reasons": dg.MetadataValue.json(dict(reasons)),
+            "rollout_outcomes": dg.MetadataValue.json(result.rollout_outcomes),
             "answer_check_timeouts": timeouts,
             **usage.as_metadata("policy_"),
             "policy_backend": policy.backend,
-            "settings": dg.MetadataValue.json(asdict(settings) | {"prompt_template": "chatml"}),
+            "temperature": temperature,
+            "selection_rule": SELECTION_RULE,
+            "settings": dg.MetadataValue.json(
+                {k: v for k, v in asdict(settings).items() if k != "prompt_template"}
+            ),
+            "prompt_template": dg.MetadataValue.md(f"```\n{settings.prompt_template}\n```"),
             "preview": dg.MetadataValue.md(
                 render_tree_markdown(preview_tree) if preview_tree else "no trees"
             ),
@@ -116,16 +151,17 @@ def mcts_trees(
     return frame
 
 
-@shard_asset(
+@search_asset(
     description="Per depth of each selected path: the shared history, the selected step and its siblings.",
 )
 def sibling_sets(context: dg.AssetExecutionContext, mcts_trees: pl.DataFrame) -> pl.DataFrame:
     trees = trees_from_rows(mcts_trees.to_dicts())
-    rows = [s.to_row() for tree in trees for s in siblings_of(tree)]
-    frame = pl.DataFrame(rows, schema=SIBLING_SCHEMA)
+    records = [s for tree in trees for s in siblings_of(tree)]
+    frame = pl.DataFrame([s.to_row() for s in records], schema=SIBLING_SCHEMA)
     unsolved = sorted({tree.problem_id for tree in trees} - set(frame["problem_id"].to_list()))
     if unsolved:
         context.log.info(f"{len(unsolved)} problems reached no correct leaf and yield no sample: {unsolved}")
+    explored = exploration_stats(records)
     context.add_output_metadata(
         {
             "dagster/row_count": frame.height,
@@ -133,6 +169,10 @@ def sibling_sets(context: dg.AssetExecutionContext, mcts_trees: pl.DataFrame) ->
             "problems_without_correct_leaf": len(unsolved),
             "without_correct_leaf": dg.MetadataValue.json(unsolved),
             "mean_siblings": round(float(frame["siblings"].list.len().mean() or 0.0), 3),
+            "siblings": explored.siblings,
+            "sibling_mean_visits": round(explored.mean_visits, 3),
+            "sibling_reached_share": round(explored.reached_share, 4),
+            "selection_rule": SELECTION_RULE,
             "preview": dg.MetadataValue.md(_sibling_preview(frame)),
         }
     )

@@ -125,12 +125,20 @@ class TransformersBackend:
         with self._lock:
             tokenizer, model = self._load()
             prompt_ids = [self._encode(tokenizer, r) for r in requests]
+            results: list[list[Sample] | None] = [None] * len(requests)
+            # A prompt the model cannot read at all gets no samples, as a server answers "maximum
+            # context length": the caller decides what that means (the search makes it a -1 terminal).
+            context = getattr(model.config, "max_position_embeddings", None)
+            for i, ids in enumerate(prompt_ids):
+                if context is not None and len(ids) >= context:
+                    overflow = Sample("", finish_reason="context_overflow", prompt_tokens=len(ids))
+                    results[i] = [overflow] * requests[i].params.n
             # Requests that differ only in their seed share a generate call (MCTS seeds every node
             # differently); the chunk is seeded from all its requests' seeds. Dict keeps first-seen order.
             groups: dict[SamplingParams, list[int]] = {}
             for i, request in enumerate(requests):
-                groups.setdefault(replace(request.params, seed=None), []).append(i)
-            results: list[list[Sample] | None] = [None] * len(requests)
+                if results[i] is None:
+                    groups.setdefault(replace(request.params, seed=None), []).append(i)
             for params, indices in groups.items():
                 for start in range(0, len(indices), self.batch_size):
                     chunk = indices[start : start + self.batch_size]
@@ -260,9 +268,10 @@ def _finish(
     completion = len(kept) + (1 if eos_at is not None and not hit_stop else 0)
     # A stop string straddling the prompt boundary also ends generation early without showing in the text.
     stopped = eos_at is not None or hit_stop or completion < params.max_tokens
+    ended = eos_at is not None and not hit_stop  # the model closed the text itself
     return Sample(
         text=text,
-        finish_reason="stop" if stopped else "length",
+        finish_reason="end" if ended else "stop" if stopped else "length",
         prompt_tokens=prompt_len,
         completion_tokens=completion,
     )

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
 import httpx
 import openai
 
-from sigma_assets.generation import GenerationRequest, Sample
+from sigma_assets.generation import FinishReason, GenerationRequest, Sample
 from sigma_assets.llm_client import (
     ConnectionFailed,
     FatalRequestError,
@@ -103,10 +104,10 @@ class OpenAIBackend:
                     common["response_format"] = {"type": "json_object"}
                 messages: Any = [{"role": m.role, "content": m.content} for m in request.messages]
                 response = await self._sdk().chat.completions.create(messages=messages, **common)
-                texts = [(c.message.content or "", c.finish_reason) for c in response.choices]
+                texts = [(c.message.content or "", _finish_reason(c)) for c in response.choices]
             else:
                 response = await self._sdk().completions.create(prompt=request.prompt or "", **common)
-                texts = [(c.text, c.finish_reason) for c in response.choices]
+                texts = [(c.text, _finish_reason(c)) for c in response.choices]
         except openai.RateLimitError as exc:
             raise RateLimited(_describe(exc), retry_after_s=_retry_after(exc.response)) from exc
         except openai.APITimeoutError as exc:
@@ -115,6 +116,11 @@ class OpenAIBackend:
             raise ConnectionFailed(str(exc)) from exc
         except openai.InternalServerError as exc:
             raise ServerError(_describe(exc), retry_after_s=_retry_after(exc.response)) from exc
+        except openai.BadRequestError as exc:
+            if _CONTEXT_OVERFLOW_RE.search(exc.message):
+                # The prompt alone is too long for the model: an answer about this request, not a fault.
+                return [Sample("", finish_reason="context_overflow")] * n
+            raise FatalRequestError(_describe(exc)) from exc
         except openai.APIStatusError as exc:
             if exc.status_code in (408, 409):
                 raise ServerError(_describe(exc)) from exc
@@ -131,7 +137,7 @@ class OpenAIBackend:
         return [
             Sample(
                 text=text,
-                finish_reason="length" if reason == "length" else "stop",
+                finish_reason=reason,
                 # A prompt is billed once per call however many samples it yields.
                 prompt_tokens=prompt_tokens if index == 0 else 0,
                 completion_tokens=per_sample + (remainder if index == 0 else 0),
@@ -143,6 +149,21 @@ class OpenAIBackend:
         client, self._client = self._client, None
         if client is not None and self._client_loop is asyncio.get_running_loop():
             await client.close()  # a client of a finished loop has nothing left to close there
+
+
+# vLLM: "This model's maximum context length is 2048 tokens"; OpenAI: "maximum context length";
+# others: "context length exceeded", "longer than the maximum model length".
+_CONTEXT_OVERFLOW_RE = re.compile(r"context[ _]length|maximum model length|context window", re.IGNORECASE)
+
+
+def _finish_reason(choice: Any) -> FinishReason:
+    if choice.finish_reason == "length":
+        return "length"
+    # vLLM adds `stop_reason`: the stop string that matched, or null when the model ended the text.
+    extra = getattr(choice, "model_extra", None) or {}
+    if "stop_reason" in extra and extra["stop_reason"] is None:
+        return "end"
+    return "stop"
 
 
 def _describe(exc: openai.APIStatusError) -> str:

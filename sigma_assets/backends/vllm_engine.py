@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from sigma_assets.generation import GenerationRequest, Sample, SamplingParams
+from sigma_assets.generation import FinishReason, GenerationRequest, Sample, SamplingParams
 
 GPU_EXTRA_HINT = "install the gpu extra on a GPU machine: pip install 'sigma-assets[gpu]'"
 
@@ -117,7 +117,7 @@ def samples_from_output(output: RequestOutputLike, n: int) -> list[Sample]:
         Sample(
             text=completion.text,
             # "abort" and None only occur for cancelled requests; treat them like a normal stop.
-            finish_reason="length" if completion.finish_reason == "length" else "stop",
+            finish_reason=_finish_reason(completion),
             # The prompt is processed once per request however many samples it yields.
             prompt_tokens=prompt_tokens if index == 0 else 0,
             completion_tokens=len(completion.token_ids),
@@ -194,3 +194,13 @@ class VLLMBackend:
 
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
+
+
+def _finish_reason(completion: CompletionOutputLike) -> FinishReason:
+    if completion.finish_reason == "length":
+        return "length"
+    # vLLM's `stop_reason` is the stop string or token that matched, None when the model ended the text.
+    # "abort" and None finish reasons only occur for cancelled requests; treat them like a normal stop.
+    if completion.finish_reason == "stop" and getattr(completion, "stop_reason", "") is None:
+        return "end"
+    return "stop"
