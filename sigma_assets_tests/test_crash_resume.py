@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -19,17 +20,17 @@ CONCURRENCY = 4
 
 RUN_SHARD = textwrap.dedent(
     """
+    import json
     import sys
-
-    import dagster as dg
 
     from sigma_assets.definitions import ASSETS, build_resources
     from sigma_assets.resources import LLMResource
     from sigma_assets.settings import Settings
+    from sigma_assets_tests.support import materialize_shard
 
 
     def main() -> int:
-        policy_url, critic_url, key, search_config = sys.argv[1], sys.argv[2], sys.argv[3], eval(sys.argv[4])
+        policy_url, critic_url, shard, search_config = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
         resources = build_resources(Settings.from_env()) | {
             "policy": LLMResource(backend="openai", model="scripted-policy", base_url=policy_url),
             "critic": LLMResource(
@@ -38,8 +39,13 @@ RUN_SHARD = textwrap.dedent(
         }
         wanted = ("raw_problems", "mcts_trees", "sibling_sets", "critiques")
         selection = [a for a in ASSETS if a.key.path[0] in wanted]
-        config = {"ops": {"mcts_trees": {"config": search_config}}}
-        result = dg.materialize(selection, partition_key=key, resources=resources, run_config=config)
+        config = {
+            "ops": {
+                "mcts_trees": {"config": json.loads(search_config)},
+                "critiques": {"config": {"mode": "path"}},
+            }
+        }
+        result = materialize_shard(selection, shard, "0.7", resources=resources, run_config=config)
         return 0 if result.success else 1
 
 
@@ -69,7 +75,7 @@ def test_sigkill_mid_shard_then_relaunch(tmp_path):
             policy.base_url,
             critic.base_url,
             "shard-000",
-            repr(SEARCH_CONFIG),
+            json.dumps(SEARCH_CONFIG),
         ]
         child = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 240
@@ -86,8 +92,9 @@ def test_sigkill_mid_shard_then_relaunch(tmp_path):
         assert rerun.returncode == 0, rerun.stderr.decode()[-3000:]
         total = critic.stats()["total"]
 
-    siblings = pl.read_parquet(tmp_path / "store" / "assets" / "sibling_sets" / "shard-000.parquet")
-    critiques = pl.read_parquet(tmp_path / "store" / "assets" / "critiques" / "shard-000.parquet")
+    assets = tmp_path / "store" / "assets"
+    siblings = pl.read_parquet(assets / "sibling_sets" / "shard-000" / "0.7.parquet")
+    critiques = pl.read_parquet(assets / "critiques" / "shard-000" / "0.7.parquet")
     expected = siblings["problem_id"].n_unique()  # path mode: one critique call per problem
     assert paid_before_kill < expected  # the kill really came mid-shard
     # Every (problem, depth) once: nothing lost, nothing duplicated.

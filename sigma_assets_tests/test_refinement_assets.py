@@ -21,6 +21,7 @@ from sigma_assets.definitions import build_resources
 from sigma_assets.fault_server import FaultServer
 from sigma_assets.resources import LLMResource
 from sigma_assets.settings import Settings
+from sigma_assets_tests.support import materialize_shard
 from sigma_assets_tests.test_search_assets import SEARCH_CONFIG, arithmetic_policy, shard_with_problems
 
 ALL_FAULTS = ("429", "500", "timeout", "truncated", "invalid_json", "length")
@@ -51,6 +52,8 @@ FULL_SHARD = [
     refined_answers_checked,
 ]
 UP_TO_CRITIQUES = [raw_problems, mcts_trees, sibling_sets, critiques]
+# The critic here is a capable (scripted) API model: path mode, whatever the environment's critic is.
+PATH_MODE = {name: {"config": {"mode": "path"}} for name in ("critiques", "refined_paths")}
 
 
 def policy_of(server: FaultServer) -> LLMResource:
@@ -58,12 +61,12 @@ def policy_of(server: FaultServer) -> LLMResource:
 
 
 def run(settings, policy, critic, key, instance=None, assets=FULL_SHARD, raise_on_error=True):
-    return dg.materialize(
+    return materialize_shard(
         assets,
-        partition_key=key,
+        key,
         resources=build_resources(settings) | {"policy": policy, "critic": critic},
         instance=instance or dg.DagsterInstance.ephemeral(),
-        run_config={"ops": {"mcts_trees": {"config": SEARCH_CONFIG}}},
+        run_config={"ops": {"mcts_trees": {"config": SEARCH_CONFIG}, **PATH_MODE}},
         raise_on_error=raise_on_error,
     )
 

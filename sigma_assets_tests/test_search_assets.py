@@ -14,6 +14,7 @@ from sigma_assets.fault_server import FaultServer
 from sigma_assets.resources import LLMResource
 from sigma_assets.settings import Settings
 from sigma_assets.shards import shard_of
+from sigma_assets_tests.support import ShardRun, materialize_shard
 
 SEARCH_CONFIG = {"simulations": 4, "max_depth": 4, "step_max_tokens": 32, "rollout_max_tokens": 64}
 
@@ -34,12 +35,14 @@ def shard_with_problems(settings: Settings) -> str:
     return shard_of(problems[3].problem_id, settings.num_shards)  # problem 3 is "What is a + b?"
 
 
-def materialize(settings: Settings, policy: LLMResource, key: str, instance: dg.DagsterInstance):
-    resources = build_resources(settings) | {"policy": policy}
-    return dg.materialize(
+def materialize(
+    settings: Settings, policy: LLMResource, key: str, instance: dg.DagsterInstance, temperature: str = "0.7"
+) -> ShardRun:
+    return materialize_shard(
         [raw_problems, mcts_trees, sibling_sets],
-        partition_key=key,
-        resources=resources,
+        key,
+        temperature,
+        resources=build_resources(settings) | {"policy": policy},
         instance=instance,
         run_config={"ops": {"mcts_trees": {"config": SEARCH_CONFIG}}},
     )
@@ -84,9 +87,9 @@ def test_search_with_the_tiny_local_model(tmp_path, tiny_model_dir):
     trees = result.output_for_node("mcts_trees")
     problems = result.output_for_node("raw_problems")
     assert set(trees["problem_id"]) == set(problems["problem_id"])
-    # Every expanded node has exactly n = 3 children; depth stays within the limit.
-    children = trees.filter(pl.col("parent_id").is_not_null()).group_by("problem_id", "parent_id").len()
-    assert children["len"].unique().to_list() == [3]
+    # Every expanded node holds n = 3 samples (identical ones merged); depth stays within the limit.
+    children = trees.filter(pl.col("parent_id").is_not_null()).group_by("problem_id", "parent_id")
+    assert children.agg(pl.col("samples").sum())["samples"].unique().to_list() == [3]
     assert trees["depth"].max() <= SEARCH_CONFIG["max_depth"]
     assert (trees["q"].abs() <= 1).all()
     metadata = result.asset_materializations_for_node("sibling_sets")[0].metadata
