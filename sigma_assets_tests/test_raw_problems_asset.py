@@ -11,7 +11,12 @@ import pytest
 from upath import UPath
 
 from sigma_assets.assets.partitions import SHARDS
-from sigma_assets.assets.problems import SKIPPED_SHARE_CHECK, raw_problems, raw_problems_valid
+from sigma_assets.assets.problems import (
+    SKIPPED_SHARE_CHECK,
+    RawProblemsConfig,
+    raw_problems,
+    raw_problems_valid,
+)
 from sigma_assets.definitions import build_resources, defs
 from sigma_assets.grading import AnswerChecker, gold_alternatives
 from sigma_assets.problems import load_problems
@@ -152,7 +157,7 @@ def test_champ_materialises_on_every_shard_with_gradeable_answers(tmp_path):
         assert check.severity == dg.AssetCheckSeverity.WARN
         share = check.metadata["skipped_share"].value
         assert share == meta["skipped_share"].value
-        assert check.passed == (share <= 0.2)
+        assert check.passed == (share <= RawProblemsConfig().max_skipped_share)
 
 
 def test_skipped_share_check_warns_above_its_threshold(tmp_path):
