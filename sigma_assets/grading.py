@@ -3,7 +3,9 @@
 Plain Python with no Dagster imports. Equality goes through `math-verify` (sympy underneath), which can
 hang on pathological inputs (e.g. `(10^{100000})!`). Its own timeouts use `signal.alarm`, which only
 works in the main thread, so they are switched off here and every check instead runs in a worker
-process that is killed and replaced when it overruns its per-pair deadline.
+process that is killed and replaced when it overruns its per-pair deadline. The same workers vet gold
+answers (`AnswerChecker.ungradeable_reasons`), and a gold answer may hold alternatives
+(`gold_alternatives`); `gold_answers` normalises what the problem sources write.
 """
 
 from __future__ import annotations
@@ -237,6 +239,45 @@ def normalize_answer(s: str) -> str:
     return m.group(1) if m else s
 
 
+# A normalised gold answer may accept several forms ("C(10, 5), or equivalently 252"): they are stored in
+# one string, joined by this phrase, and a prediction is correct when it equals any of them.
+GOLD_ALTERNATIVES_JOINER = " or equivalently "
+
+
+def gold_alternatives(gold: str) -> list[str]:
+    """The forms a gold answer accepts: one, or several joined by `GOLD_ALTERNATIVES_JOINER`."""
+    parts = [part.strip().rstrip(",").strip() for part in gold.split(GOLD_ALTERNATIVES_JOINER)]
+    return [part for part in parts if part] or [gold]
+
+
+# Why a gold answer cannot grade (`AnswerChecker.ungradeable_reasons`); a detail may follow after ": ".
+UNPARSED = "does not parse to a mathematical expression"
+NOT_SELF_EQUAL = "does not verify against itself"
+PARSE_DROPS = "the parse drops part of the answer"
+PARSE_ADDS = "the parse adds symbols the answer does not have"
+NO_VERDICT = "the checker gave no verdict in time"
+
+# Names that are functions or constants, not variables, when an answer is written in plain text.
+# fmt: off
+FUNCTION_NAMES = frozenset({
+    "sqrt", "cbrt", "sin", "cos", "tan", "cot", "sec", "csc", "arcsin", "arccos", "arctan", "sinh",
+    "cosh", "tanh", "log", "ln", "lg", "exp", "min", "max", "gcd", "lcm", "mod", "floor", "ceil",
+    "sum", "prod", "lim", "pi", "inf", "infty", "infinity", "oo", "binom", "det", "deg", "abs",
+    "sgn", "sign",
+})
+# fmt: on
+_ENVIRONMENT_RE = re.compile(r"\\(?:begin|end)\{[^}]*\}")
+_LATEX_COMMAND_RE = re.compile(r"\\[A-Za-z]+")
+_LETTER_RUN_RE = re.compile(r"[A-Za-z]+")
+
+
+def answer_letters(text: str) -> set[str]:
+    """The letters an answer names as variables (lower case): LaTeX commands and function names aside."""
+    text = _LATEX_COMMAND_RE.sub(" ", _ENVIRONMENT_RE.sub(" ", text))
+    runs = (run for run in _LETTER_RUN_RE.findall(text) if run.lower() not in FUNCTION_NAMES)
+    return {letter for run in runs for letter in run.lower()}
+
+
 def _parse_answer(answer: str) -> list[Any]:
     """math-verify parse of a bare answer string. Runs in the worker process."""
     from math_verify import parse
@@ -252,12 +293,15 @@ def _parse_answer(answer: str) -> list[Any]:
 
 
 def _verify_pair(gold: str, pred: str, gold_cache: dict[str, list[Any]]) -> bool:
-    """Gold first: `verify` is asymmetric (e.g. gold `1<x<2` accepts pred `(1,2)`, not the reverse)."""
+    """Gold first: `verify` is asymmetric (e.g. gold `1<x<2` accepts pred `(1,2)`, not the reverse).
+
+    `verify` takes lists and accepts any (gold, pred) combination, so a gold's alternatives are parsed one
+    by one and handed over together."""
     from math_verify import verify
 
     gold_parsed = gold_cache.get(gold)
     if gold_parsed is None:
-        gold_parsed = _parse_answer(gold)
+        gold_parsed = [item for form in gold_alternatives(gold) for item in _parse_answer(form)]
         if len(gold_cache) >= 4096:  # many predictions share one gold; bound the memory anyway
             gold_cache.clear()
         gold_cache[gold] = gold_parsed
@@ -267,8 +311,46 @@ def _verify_pair(gold: str, pred: str, gold_cache: dict[str, list[Any]]) -> bool
     return bool(verify(gold_parsed, pred_parsed, timeout_seconds=None))
 
 
+def _expression_letters(expr: Any) -> tuple[set[str], set[str]]:
+    """(every letter of every name in a parsed expression, its one-letter variable names), lower case."""
+    import sympy
+    from sympy.core.function import AppliedUndef
+
+    names = {str(s) for s in expr.atoms(sympy.Symbol)} | {type(f).__name__ for f in expr.atoms(AppliedUndef)}
+    letters = {c for name in names for c in name.lower() if c.isascii() and c.isalpha()}
+    if expr.has(sympy.E) or expr.atoms(sympy.exp):  # `e` reads as Euler's number
+        letters.add("e")
+    if expr.has(sympy.I):
+        letters.add("i")
+    return letters, {name.lower() for name in names if len(name) == 1 and name.isascii()}
+
+
+def _gold_problem(answer: str) -> str | None:
+    """Why one gold answer cannot grade, or None. Runs in the worker process."""
+    from math_verify import verify
+
+    expr = next((item for item in _parse_answer(answer) if not isinstance(item, str)), None)
+    if expr is None or not hasattr(expr, "atoms"):
+        return UNPARSED
+    # The parsed expression against itself: the string math-verify keeps beside it would always match.
+    if not verify(expr, expr, timeout_seconds=None):
+        return f"{NOT_SELF_EQUAL}: {expr}"
+    # A parse that loses a variable read only part of the answer (`2^floor(n/2)` parses to 2); one that
+    # gains a variable misread something (`\cdots` as the symbol s).
+    named = answer_letters(answer)
+    letters, variables = _expression_letters(expr)
+    if named - letters:
+        return f"{PARSE_DROPS}: it parses to {expr}, without {', '.join(sorted(named - letters))}"
+    if variables - named:
+        return f"{PARSE_ADDS}: it parses to {expr}, with {', '.join(sorted(variables - named))}"
+    return None
+
+
 def _worker_main(conn: Connection) -> None:
-    """Worker loop: receive a list of (index, gold, pred), answer `(index, ok)` pair by pair, in order."""
+    """Worker loop: receive a list of (index, gold, pred), answer `(index, verdict)` one by one, in order.
+
+    With a prediction the verdict is whether it equals the gold; without one (None) it is why the gold
+    answer cannot grade, or None when it can."""
     # Ctrl-C goes to the whole process group; let the parent decide and shut us down.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
@@ -293,11 +375,12 @@ def _worker_main(conn: Connection) -> None:
         if batch is None:
             return
         for index, gold, pred in batch:
+            verdict: bool | str | None
             try:
-                ok = _verify_pair(gold, pred, gold_cache)
-            except Exception:  # a parse/verify failure is a wrong answer, not a dead worker
-                ok = False
-            conn.send((index, ok))
+                verdict = _gold_problem(gold) if pred is None else _verify_pair(gold, pred, gold_cache)
+            except Exception as exc:  # a parse/verify failure is a wrong answer, not a dead worker
+                verdict = False if pred is not None else f"{UNPARSED}: {type(exc).__name__}"
+            conn.send((index, verdict))
 
 
 def _mp_context() -> multiprocessing.context.BaseContext:
@@ -311,7 +394,7 @@ class _Worker:
     conn: Connection
     ready: bool = False
     deadline: float = 0.0  # when the pair at the head of `queue` (or start-up) must have answered
-    queue: deque[tuple[int, str, str]] = field(default_factory=deque)
+    queue: deque[tuple[int, str, str | None]] = field(default_factory=deque)
 
 
 class AnswerChecker:
@@ -409,28 +492,45 @@ class AnswerChecker:
                 key = (gold, pred)
                 if key in self._cache:
                     results[i] = self._cache[key]
-                elif normalize_answer(gold) == normalize_answer(pred):
+                elif any(
+                    normalize_answer(form) == normalize_answer(pred) for form in gold_alternatives(gold)
+                ):
                     results[i] = True
                 else:
                     todo.setdefault(key, []).append(i)
             if todo:
                 keys = list(todo)
-                outcomes = self._run(keys)
+                outcomes = self._run(keys, failed=False)
                 for key, ok in zip(keys, outcomes, strict=True):
                     self._remember(key, ok)
                     for i in todo[key]:
                         results[i] = ok
             return [bool(r) for r in results]
 
+    def ungradeable_reasons(self, answers: Sequence[str]) -> list[str | None]:
+        """Why each gold answer cannot grade a prediction, or None where it can, in input order.
+
+        A gradeable answer parses to a mathematical expression (not only a string), verifies against
+        itself, and its parse keeps every variable the text names and adds none. Each answer is one form
+        (split alternatives first); each is bounded by `timeout_s` like every other check."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("AnswerChecker is closed")
+            self.checks += len(answers)
+            if not answers:
+                return []
+            return self._run([(answer, None) for answer in answers], failed=NO_VERDICT)
+
     def _remember(self, key: tuple[str, str], ok: bool) -> None:
         if len(self._cache) >= self.max_cache:
             self._cache.pop(next(iter(self._cache)))  # oldest first: dicts keep insertion order
         self._cache[key] = ok
 
-    def _run(self, keys: list[tuple[str, str]]) -> list[bool]:
-        """Send contiguous chunks of `keys` to the workers, one message each, and collect pair-by-pair."""
+    def _run(self, keys: list[tuple[str, str | None]], failed: Any) -> list[Any]:
+        """Send contiguous chunks of `keys` to the workers, one message each, and collect pair-by-pair;
+        a pair that overruns its deadline or kills its worker gets `failed`."""
         self.worker_checks += len(keys)
-        outcomes: list[bool] = [False] * len(keys)
+        outcomes: list[Any] = [failed] * len(keys)
         n_used = min(self.workers, len(keys))
         chunk = -(-len(keys) // n_used)
         try:
@@ -446,7 +546,7 @@ class AnswerChecker:
                 worker.queue.extend(items)
                 if worker.ready:
                     self._send_queue(w)
-            self._collect(outcomes)
+            self._collect(outcomes, failed)
         except BaseException:
             # Leave no worker holding a half-done batch (e.g. KeyboardInterrupt): the next call starts clean.
             for w, worker in enumerate(self._workers):
@@ -470,7 +570,7 @@ class AnswerChecker:
             return
         worker.deadline = time.monotonic() + self.timeout_s
 
-    def _collect(self, outcomes: list[bool]) -> None:
+    def _collect(self, outcomes: list[Any], failed: Any) -> None:
         while True:
             busy = [(w, wk) for w, wk in enumerate(self._workers) if wk is not None and wk.queue]
             if not busy:
@@ -479,7 +579,7 @@ class AnswerChecker:
             ready = set(wait([wk.conn for _, wk in busy], timeout=wait_s))
             for w, worker in busy:
                 if worker.conn in ready:
-                    self._drain(w, outcomes)
+                    self._drain(w, outcomes, failed)
             now = time.monotonic()
             for w, worker in busy:
                 current = self._workers[w]
@@ -492,9 +592,9 @@ class AnswerChecker:
                         f"answer-checker worker did not start within {self.startup_timeout_s}s"
                     )
                 self.timeouts += 1
-                self._replace(w, outcomes)
+                self._replace(w, outcomes, failed)
 
-    def _drain(self, w: int, outcomes: list[bool]) -> None:
+    def _drain(self, w: int, outcomes: list[Any], failed: Any) -> None:
         worker = self._workers[w]
         assert worker is not None
         while worker.queue:
@@ -509,7 +609,7 @@ class AnswerChecker:
                         "pipeline code at import time needs an `if __name__ == '__main__':` guard)"
                     ) from None
                 self.crashes += 1
-                self._replace(w, outcomes)
+                self._replace(w, outcomes, failed)
                 return
             if msg == ("ready",):
                 worker.ready = True
@@ -517,19 +617,19 @@ class AnswerChecker:
                 if self._workers[w] is not worker:  # the send failed and a fresh worker took over
                     return
                 continue
-            index, ok = msg
+            index, verdict = msg
             head = worker.queue.popleft()
             assert head[0] == index, "worker answered out of order"
-            outcomes[index] = bool(ok)
+            outcomes[index] = verdict
             worker.deadline = time.monotonic() + self.timeout_s  # the next pair's clock starts now
 
-    def _replace(self, w: int, outcomes: list[bool]) -> None:
+    def _replace(self, w: int, outcomes: list[Any], failed: Any) -> None:
         """Kill the worker stuck on its head pair, fail that pair, and resume the rest on a fresh worker."""
         worker = self._workers[w]
         assert worker is not None
         self._stop(worker, graceful=False)
         index = worker.queue.popleft()[0]
-        outcomes[index] = False
+        outcomes[index] = failed
         rest = worker.queue
         self._workers[w] = None
         if rest:

@@ -2,8 +2,10 @@
 
 Every source becomes the same rows: `problem_id` (stable), `source`, `problem`, `answer`, `level`,
 `subject`. Whole-file faults (unreadable, wrong format, missing column) raise `ProblemSourceError` naming
-the file; row faults (empty text, duplicate, unparseable answer) skip the row and are returned as
-`SkippedRow`s naming file, row and field, so the caller can report them: nothing is dropped silently.
+the file; row faults (empty text, duplicate, no answer, an answer that is not mathematics) skip the row
+and are returned as `SkippedRow`s naming file, row, field, answer and reason, so the caller can report
+them: nothing is dropped silently. Every answer goes through `gold_answers.normalize_gold`, whatever the
+layout; `keep_gradeable` then runs the answer checker over the answers kept (bounded, in worker processes).
 """
 
 from __future__ import annotations
@@ -13,14 +15,15 @@ import io
 import json
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import polars as pl
 from upath import UPath
 
 from sigma_assets.arithmetic import arithmetic_problems
-from sigma_assets.grading import extract_boxed
+from sigma_assets.gold_answers import gradeable_golds, normalize_gold
+from sigma_assets.grading import AnswerChecker, extract_boxed
 
 PROBLEM_COLUMNS = ("problem", "question")
 ANSWER_COLUMNS = ("answer", "final_answer")
@@ -45,6 +48,7 @@ class Problem:
     answer: str
     level: str | None = None
     subject: str | None = None
+    row: int | None = None  # where the problem is in its source, for reports
 
 
 @dataclass(frozen=True)
@@ -53,9 +57,18 @@ class SkippedRow:
     row: int
     field: str
     reason: str
+    # The answer at fault: as the source wrote it, or as normalised when the answer checker refused it.
+    answer: str | None = None
+    problem_id: str | None = None  # None when the row has neither an id nor a problem text
 
     def __str__(self) -> str:
-        return f"{self.source} row {self.row}, field {self.field!r}: {self.reason}"
+        answer = f" ({self.answer!r})" if self.answer is not None else ""
+        return f"{self.source} row {self.row}, field {self.field!r}{answer}: {self.reason}"
+
+    @property
+    def placement_key(self) -> str:
+        """What places the row in a shard: its problem id, else its place in the source."""
+        return self.problem_id or f"{self.source} row {self.row}"
 
 
 @dataclass
@@ -78,12 +91,58 @@ def load_problems(
     source: str,
     columns: ColumnNames = ColumnNames(),
     storage_options: Mapping[str, Any] | None = None,
+    checker: AnswerChecker | None = None,
 ) -> LoadedProblems:
-    """Every problem of `source`: `arithmetic[:N]`, `champ`, a .jsonl/.parquet path or URL, or `hf:NAME`."""
+    """Every problem of `source`: `arithmetic[:N]`, `champ`, a .jsonl/.parquet path or URL, or `hf:NAME`.
+
+    With a `checker`, only problems whose gold answer can grade a prediction are kept (the rest are
+    skipped rows); without one the answers are normalised but not checked, so that a caller that needs
+    a subset (one shard) checks only that subset with `keep_gradeable`."""
+    loaded = _load_source(source, columns, storage_options)
+    if checker is not None:
+        loaded.problems, ungradeable = keep_gradeable(loaded.problems, checker)
+        loaded.skipped += ungradeable
+        if not loaded.problems:
+            raise ProblemSourceError(
+                f"{source}: no gradeable problems ({len(loaded.skipped)} rows skipped; "
+                f"first skipped: {loaded.skipped[0]})"
+            )
+    return loaded
+
+
+def keep_gradeable(problems: list[Problem], checker: AnswerChecker) -> tuple[list[Problem], list[SkippedRow]]:
+    """The problems whose gold answer can grade a prediction (`gold_answers.gradeable_golds`), with the
+    alternatives that cannot dropped, and a skipped row for each of the others."""
+    verdicts = gradeable_golds([p.answer for p in problems], checker)
+    kept: list[Problem] = []
+    skipped: list[SkippedRow] = []
+    for problem, verdict in zip(problems, verdicts, strict=True):
+        if verdict.answer is None:
+            skipped.append(
+                SkippedRow(
+                    problem.source,
+                    problem.row or 0,
+                    "answer",
+                    verdict.reason,
+                    problem.answer,
+                    problem.problem_id,
+                )
+            )
+        else:
+            kept.append(replace(problem, answer=verdict.answer))
+    return kept, skipped
+
+
+def _load_source(
+    source: str, columns: ColumnNames, storage_options: Mapping[str, Any] | None
+) -> LoadedProblems:
     name, _, arg = source.partition(":")
     if name == "arithmetic" and "/" not in source:
         count = _count(arg, source) if arg else DEFAULT_ARITHMETIC_COUNT
-        rows = [Problem(pid, "arithmetic", text, answer) for pid, text, answer in arithmetic_problems(count)]
+        rows = [
+            Problem(pid, "arithmetic", text, answer, row=row)
+            for row, (pid, text, answer) in enumerate(arithmetic_problems(count), start=1)
+        ]
         return LoadedProblems(source, rows)
     if source == "champ":
         return _load_champ()
@@ -109,19 +168,30 @@ def from_records(
         if layout is None:
             layout = _Layout.detect(source, row, record, columns)
         text = _text(record.get(layout.problem))
-        if not text:
-            loaded.skipped.append(SkippedRow(source, row, layout.problem, "empty problem"))
-            continue
-        answer, reason = layout.answer_of(record)
-        if answer is None:
-            loaded.skipped.append(SkippedRow(source, row, layout.answer_field, reason))
-            continue
         raw_id = _text(record.get(layout.problem_id)) if layout.problem_id else ""
+        if not text:
+            loaded.skipped.append(
+                SkippedRow(source, row, layout.problem, "empty problem", None, raw_id or None)
+            )
+            continue
         problem_id = raw_id or "p-" + hashlib.sha256(" ".join(text.split()).encode()).hexdigest()[:16]
+        written, reason = layout.answer_of(record)
+        gold = normalize_gold(written) if written is not None else None
+        if gold is None or gold.answer is None:
+            reason = gold.reason if gold is not None else reason
+            loaded.skipped.append(SkippedRow(source, row, layout.answer_field, reason, written, problem_id))
+            continue
+        answer = gold.answer
         if problem_id in first_row_of:
             what = "problem_id" if raw_id else layout.problem
             loaded.skipped.append(
-                SkippedRow(source, row, what, f"duplicate of row {first_row_of[problem_id]} ({problem_id})")
+                SkippedRow(
+                    source,
+                    row,
+                    what,
+                    f"duplicate of row {first_row_of[problem_id]} ({problem_id})",
+                    problem_id=problem_id,
+                )
             )
             continue
         first_row_of[problem_id] = row
@@ -133,6 +203,7 @@ def from_records(
                 answer=answer,
                 level=_optional(record, LEVEL_COLUMNS),
                 subject=_optional(record, SUBJECT_COLUMNS),
+                row=row,
             )
         )
     if not loaded.problems:
@@ -183,6 +254,7 @@ class _Layout:
         return cls(problem, solution, "math-solution", problem_id)
 
     def answer_of(self, record: Mapping[str, Any]) -> tuple[str | None, str]:
+        """The answer as the row writes it (before normalisation), or None and why there is none."""
         raw = _text(record.get(self.answer_field))
         if not raw:
             return None, "empty answer"

@@ -8,6 +8,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from sigma_assets.grading import AnswerChecker
 from sigma_assets.problems import ColumnNames, ProblemSourceError, load_problems
 from sigma_assets.shards import shard_keys, shard_of
 
@@ -27,8 +28,10 @@ def test_bundled_arithmetic_is_deterministic_with_exact_answers():
 
 def test_bundled_champ_has_270_competition_problems():
     loaded = load_problems("champ")
-    assert len(loaded.problems) == 270
+    # Rows whose answer is no mathematical value ("No", "No integer solutions") are listed, not kept.
+    assert len(loaded.problems) + len(loaded.skipped) == 270
     assert loaded.problems[0].problem_id.startswith("champ-") and loaded.problems[0].subject
+    assert any(s.answer == "No" and s.reason == "yes/no answer" for s in loaded.skipped)
 
 
 def test_jsonl_with_plain_fields(tmp_path):
@@ -101,6 +104,49 @@ def test_unparseable_answers_are_reported_with_their_row(tmp_path):
     gsm = [{"question": "a", "answer": "x #### 4"}, {"question": "b", "answer": "#### "}]
     loaded = load_problems(write_jsonl(tmp_path / "g.jsonl", gsm))
     assert loaded.skipped[0].row == 2 and "####" in loaded.skipped[0].reason
+
+
+def test_every_layout_normalises_and_vets_its_answers(tmp_path):
+    """jsonl, parquet, MATH and GSM8K rows all go through the same gold-answer rules."""
+    plain = write_jsonl(
+        tmp_path / "plain.jsonl",
+        [
+            {"problem": "How many?", "answer": "2 inequalities"},
+            {"problem": "Is it?", "answer": "Yes"},
+            {"problem": "Which?", "answer": "x(x-1)(x-2)...(x-2022)"},
+        ],
+    )
+    loaded = load_problems(plain)
+    assert [p.answer for p in loaded.problems] == ["2", "x(x-1)(x-2)...(x-2022)"]
+    assert [(s.row, s.field, s.answer, s.reason) for s in loaded.skipped] == [
+        (2, "answer", "Yes", "yes/no answer")
+    ]
+    with AnswerChecker() as checker:
+        vetted = load_problems(plain, checker=checker)
+    # The checker refuses what the string rules let through; the row is listed with the answer it saw.
+    assert [p.answer for p in vetted.problems] == ["2"]
+    assert [(s.row, s.answer, s.reason) for s in vetted.skipped[1:]] == [
+        (3, "x(x-1)(x-2)...(x-2022)", "does not parse to a mathematical expression")
+    ]
+
+    math_rows = [
+        {"problem": "Half?", "solution": "So $\\boxed{\\dfrac{1}{2}}$."},
+        {"problem": "Odd?", "solution": "It is $\\boxed{\\text{yes}}$."},
+    ]
+    math = load_problems(write_jsonl(tmp_path / "math.jsonl", math_rows))
+    assert [p.answer for p in math.problems] == ["\\dfrac{1}{2}"]
+    assert [(s.answer, s.reason) for s in math.skipped] == [("\\text{yes}", "yes/no answer")]
+
+    gsm = [{"question": "Coins?", "answer": "1000+200=1200\n#### 1,200"}]
+    assert [p.answer for p in load_problems(write_jsonl(tmp_path / "g.jsonl", gsm)).problems] == ["1200"]
+
+    path = tmp_path / "p.parquet"
+    pl.DataFrame(
+        {"problem": ["a?", "b?"], "answer": ["C(10, 5), or equivalently 252", "No such values"]}
+    ).write_parquet(path)
+    parquet = load_problems(str(path))
+    assert [p.answer for p in parquet.problems] == ["\\binom{10}{5} or equivalently 252"]
+    assert [s.reason for s in parquet.skipped] == ["no such value: 'No such values'"]
 
 
 def test_whole_file_faults_raise_with_the_file_name(tmp_path):

@@ -11,8 +11,15 @@ import pytest
 from upath import UPath
 
 from sigma_assets.assets.partitions import SHARDS
-from sigma_assets.assets.problems import raw_problems, raw_problems_valid
+from sigma_assets.assets.problems import (
+    SKIPPED_SHARE_CHECK,
+    RawProblemsConfig,
+    raw_problems,
+    raw_problems_valid,
+)
 from sigma_assets.definitions import build_resources, defs
+from sigma_assets.grading import AnswerChecker, gold_alternatives
+from sigma_assets.problems import load_problems
 from sigma_assets.settings import Settings, SettingsError
 from sigma_assets.storage import StorageError, StorageRoot
 
@@ -115,9 +122,67 @@ def test_skipped_rows_show_in_metadata(tmp_path):
     source.write_text('{"problem": "1+1?", "answer": "2"}\n{"problem": "", "answer": "3"}\n')
     settings = Settings.from_env({"SIGMA_STORAGE_URL": str(tmp_path / "s"), "SIGMA_PROBLEMS": str(source)})
     results = materialize_all_shards(settings)
-    metadata = results[0].asset_materializations_for_node("raw_problems")[0].metadata
-    assert metadata["skipped_rows"].value == 1
-    assert "empty problem" in metadata["skipped"].value
+    metadata = [r.asset_materializations_for_node("raw_problems")[0].metadata for r in results]
+    # Every skipped row is listed once, in the shard it would have landed in.
+    assert sum(m["skipped_rows"].value for m in metadata) == 1
+    (listed,) = [m["skipped"].value for m in metadata if m["skipped_rows"].value]
+    assert f"| {source} | 2 | problem |  | empty problem |" in listed
+
+
+def _skipped_share_checks(result: dg.ExecuteInProcessResult) -> list[dg.AssetCheckEvaluation]:
+    return [e for e in result.get_asset_check_evaluations() if e.check_name == SKIPPED_SHARE_CHECK]
+
+
+def test_champ_materialises_on_every_shard_with_gradeable_answers(tmp_path):
+    settings = Settings.from_env({"SIGMA_STORAGE_URL": str(tmp_path / "s"), "SIGMA_PROBLEMS": "champ"})
+    results = materialize_all_shards(settings)
+    assert all(r.success for r in results)
+    root = StorageRoot(settings.storage_url)
+    stored = pl.concat([read_shard(root, k) for k in SHARDS.get_partition_keys()])
+    metadata = [r.asset_materializations_for_node("raw_problems")[0].metadata for r in results]
+    skipped = sum(m["skipped_rows"].value for m in metadata)
+    assert stored.height + skipped == 270  # every CHAMP row is stored or listed
+    assert stored.height >= 190  # prose and yes/no rows go, the mathematics stays
+    with AnswerChecker() as checker:
+        forms = [form for answer in stored["answer"] for form in gold_alternatives(answer)]
+        assert checker.ungradeable_reasons(forms) == [None] * len(forms)
+        # The whole source vetted at once keeps the same problems as the shards vetted one by one.
+        whole = load_problems("champ", checker=checker)
+    assert sorted(stored["problem_id"]) == sorted(p.problem_id for p in whole.problems)
+    listed = "\n".join(m["skipped"].value for m in metadata)
+    for row in whole.skipped:
+        assert f"| champ | {row.row} | answer |" in listed
+    for result, meta in zip(results, metadata, strict=True):
+        (check,) = _skipped_share_checks(result)
+        assert check.severity == dg.AssetCheckSeverity.WARN
+        share = check.metadata["skipped_share"].value
+        assert share == meta["skipped_share"].value
+        assert check.passed == (share <= RawProblemsConfig().max_skipped_share)
+
+
+def test_skipped_share_check_warns_above_its_threshold(tmp_path):
+    source = tmp_path / "p.jsonl"
+    rows = [{"problem": f"What is {i} + 1?", "answer": str(i + 1)} for i in range(8)]
+    rows += [{"problem": f"Is {i} even?", "answer": "Yes"} for i in range(8)]
+    source.write_text("\n".join(json.dumps(r) for r in rows))
+    settings = Settings.from_env({"SIGMA_STORAGE_URL": str(tmp_path / "s"), "SIGMA_PROBLEMS": str(source)})
+    instance = dg.DagsterInstance.ephemeral()
+    warned = []
+    for limit in (0.0, 1.0):
+        for key in SHARDS.get_partition_keys():
+            result = dg.materialize(
+                [raw_problems],
+                partition_key=key,
+                resources=build_resources(settings),
+                instance=instance,
+                run_config={"ops": {"raw_problems": {"config": {"max_skipped_share": limit}}}},
+            )
+            assert result.success  # a warning never fails the run
+            (check,) = _skipped_share_checks(result)
+            skipped = result.asset_materializations_for_node("raw_problems")[0].metadata["skipped_rows"].value
+            assert check.passed == (limit == 1.0 or skipped == 0)
+            warned.append(not check.passed)
+    assert any(warned)  # the yes/no rows landed somewhere, and that shard warned
 
 
 def test_unreachable_s3_endpoint_names_url_and_variable():
