@@ -8,10 +8,12 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from sigma_assets.definitions import ASSETS, CHECKS, build_resources, demo_run_config
+from sigma_assets.definitions import ASSETS, CHECKS, build_resources
+from sigma_assets.grading import final_answer
 from sigma_assets.problems import load_problems
 from sigma_assets.settings import Settings
 from sigma_assets.shards import shard_of
+from sigma_assets_tests.support import materialize_shard
 
 
 @pytest.mark.slow
@@ -22,12 +24,13 @@ def test_first_five_assets_on_a_bundled_shard(tmp_path):
     assert (settings.policy_backend, settings.critic_backend) == ("transformers", "transformers")
     shards = collections.Counter(shard_of(p.problem_id, 4) for p in load_problems(settings.problems).problems)
     key = shards.most_common(1)[0][0]
-    result = dg.materialize(
+    # The embedded budget (few-shot prompt, small search, step-mode critic) is every asset's default.
+    result = materialize_shard(
         [*ASSETS, *CHECKS],
-        partition_key=key,
+        key,
+        "0.7",
         resources=build_resources(settings),
         instance=dg.DagsterInstance.ephemeral(),
-        run_config=demo_run_config(settings),
     )
     assert result.success
     problems = result.output_for_node("raw_problems")
@@ -44,6 +47,12 @@ def test_first_five_assets_on_a_bundled_shard(tmp_path):
         .equals(siblings.select("problem_id", "depth").sort(pl.all()))
     )
     assert refined["correct"].all()  # drifted revisions fall back to the (correct) original path
+    # Correct means checkable: every refined path ends in an explicit answer equal to the gold one.
+    gold = dict(zip(problems["problem_id"], problems["answer"], strict=True))
+    for row in refined.iter_rows(named=True):
+        verdict = final_answer("\n\n".join(row["refined_steps"]))
+        assert verdict.ok and row["final_answer"] == verdict.answer, row
+        assert row["final_answer"] == gold[row["problem_id"]], row
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     assert checks["no_problem_lost"] and checks["refined_answers_checked"] and checks["raw_problems_valid"]
     metadata = result.asset_materializations_for_node("refined_paths")[0].metadata

@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 from upath import UPath
 
-from sigma_assets.assets.partitions import SHARDS
+from sigma_assets.assets.partitions import SHARD_TEMPERATURE, SHARDS
 from sigma_assets.assets.problems import (
     SKIPPED_SHARE_CHECK,
     RawProblemsConfig,
@@ -43,7 +43,12 @@ def read_shard(root: StorageRoot, key: str) -> pl.DataFrame:
 
 def test_definitions_load():
     assert defs.resolve_asset_graph().get_all_asset_keys() >= {dg.AssetKey("raw_problems")}
-    assert defs.resolve_job_def("generation_job").partitions_def == SHARDS
+    assert defs.resolve_job_def("problems_job").partitions_def == SHARDS
+    assert defs.resolve_job_def("generation_job").partitions_def == SHARD_TEMPERATURE
+    keys = defs.resolve_job_def("generation_job").partitions_def.get_partition_keys()
+    assert sorted(str(k) for k in keys) == sorted(
+        f"{s}|{t}" for s in SHARDS.get_partition_keys() for t in ("0.4", "0.7")
+    )
 
 
 def test_every_shard_on_the_local_root(tmp_path):
