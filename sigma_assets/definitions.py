@@ -51,6 +51,7 @@ def build_resources(settings: Settings) -> dict[str, Any]:
             backend=settings.policy_backend,
             model=settings.policy_model,
             base_url=settings.policy_base_url,
+            server=settings.policy_server,
             api_key=_secret("SIGMA_POLICY_API_KEY"),
         ),
         "critic": LLMResource(

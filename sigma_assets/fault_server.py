@@ -62,6 +62,8 @@ class FaultConfig:
     seed: int | None = 0  # seeds the fault generator, so random fault sequences are reproducible
     api_key: str | None = None  # when set, requests need `Authorization: Bearer <api_key>`
     ignore_n: bool = False  # answer one choice whatever `n` asks, as some OpenAI-compatible servers do
+    # Refuse prompts longer than this many tokens with HTTP 400, in vLLM's words; None: no limit.
+    max_context_tokens: int | None = None
 
     def __post_init__(self) -> None:
         self.fault_kinds = tuple(self.fault_kinds)
@@ -213,6 +215,16 @@ def build_app(state: _State) -> web.Application:
         except (ValueError, TypeError) as exc:
             state.bad_requests += 1
             return _json_response(_error_body(f"bad request: {exc}", "invalid_request_error", None), 400)
+        limit = state.config.max_context_tokens
+        longest = max((_tokens(p) for p in prompts), default=0)
+        if limit is not None and longest + int(req.get("max_tokens") or 0) > limit:
+            state.bad_requests += 1
+            requested = longest + int(req.get("max_tokens") or 0)
+            message = (
+                f"This model's maximum context length is {limit} tokens. However, you requested "
+                f"{requested} tokens. Please reduce the length of the messages."
+            )
+            return _json_response(_error_body(message, "BadRequestError", None), 400)
 
         fault = state.pick_fault(ordinal)
         if fault is not None:

@@ -31,7 +31,10 @@ def build_backend(
     api_key: str | None = None,
     device: str = "auto",
     max_batch: int = 64,
+    server: str = "openai",
 ) -> Backend:
+    """`server` (openai backend): "openai" for any OpenAI-compatible server (OpenAI, vLLM), or
+    "transformers" for `transformers serve`, which samples only through its generation config."""
     if backend == "transformers":
         from sigma_assets.backends.hf_local import TransformersBackend
 
@@ -41,7 +44,9 @@ def build_backend(
     if backend == "openai":
         from sigma_assets.backends.openai_compat import OpenAIBackend
 
-        return OpenAIBackend(model, base_url=base_url, api_key=api_key)
+        return OpenAIBackend(
+            model, base_url=base_url, api_key=api_key, generation_config_sampling=server == "transformers"
+        )
     if backend == "vllm":
         from sigma_assets.backends.vllm_engine import VLLMBackend
 

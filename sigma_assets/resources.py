@@ -62,10 +62,14 @@ class LLMResource(dg.ConfigurableResource):
     max_attempts: int = 6
     timeout_s: float = 600.0
     device: str = "auto"
+    # openai backend: "openai" (OpenAI, vLLM, any compatible server) or "transformers" (`transformers serve`).
+    server: str = "openai"
 
     @contextmanager
     def client(self, storage: StorageRoot, namespace: str) -> Iterator[LLMClient]:
-        backend = build_backend(self.backend, self.model, self.base_url, self.api_key, self.device)
+        backend = build_backend(
+            self.backend, self.model, self.base_url, self.api_key, self.device, server=self.server
+        )
         store = ResponseStore(storage.path(), namespace).load()
         client = LLMClient(
             backend,

@@ -17,6 +17,8 @@ DEFAULT_STORAGE_DIR = PROJECT_ROOT / "data"
 
 POLICY_BACKENDS = ("transformers", "openai", "vllm")
 CRITIC_BACKENDS = ("transformers", "openai")
+# What answers SIGMA_POLICY_BASE_URL: any OpenAI-compatible server, or `transformers serve`.
+POLICY_SERVERS = ("openai", "transformers")
 BUNDLED_SMOLLM2 = "smollm2-135m-instruct"
 
 
@@ -32,6 +34,7 @@ class Settings:
     policy_backend: str
     policy_model: str
     policy_base_url: str | None
+    policy_server: str
     critic_backend: str
     critic_model: str
     critic_base_url: str | None
@@ -79,6 +82,7 @@ class Settings:
             policy_backend=policy_backend,
             policy_model=policy_model or BUNDLED_SMOLLM2,
             policy_base_url=policy_base_url,
+            policy_server=_choice(env, "SIGMA_POLICY_SERVER", "openai", POLICY_SERVERS),
             critic_backend=critic_backend,
             critic_model=get("SIGMA_CRITIC_MODEL", critic_default) or critic_default,
             critic_base_url=get("SIGMA_CRITIC_BASE_URL"),

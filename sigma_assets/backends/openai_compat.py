@@ -39,8 +39,14 @@ class OpenAIBackend:
         timeout_s: float = 120.0,
         max_connections: int = 512,
         extra_body: dict[str, Any] | None = None,
+        generation_config_sampling: bool = False,
     ):
         self.model = model
+        # `transformers serve` samples only as its `generation_config` says (its default is greedy, so
+        # n children would be n copies): send the sampling settings there too. Part of the store key.
+        self.generation_config_sampling = generation_config_sampling
+        if generation_config_sampling:
+            self.name = "openai+generation_config"
         self.endpoint = base_url or "https://api.openai.com/v1"
         self.extra_body = extra_body or {}
         self._api_key = api_key
@@ -96,8 +102,12 @@ class OpenAIBackend:
             common["stop"] = list(params.stop)
         if seed is not None:
             common["seed"] = seed
-        if self.extra_body:
-            common["extra_body"] = self.extra_body
+        extra_body = dict(self.extra_body)
+        if self.generation_config_sampling and params.temperature > 0:
+            sampling = {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p}
+            extra_body["generation_config"] = json.dumps(sampling | {"max_new_tokens": params.max_tokens})
+        if extra_body:
+            common["extra_body"] = extra_body
         try:
             if request.messages is not None:
                 if params.json_output:
