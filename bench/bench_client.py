@@ -41,11 +41,11 @@ import httpx  # noqa: E402
 import openai  # noqa: E402
 from upath import UPath  # noqa: E402
 
-from sigma_assets.backends.openai_compat import OpenAIBackend  # noqa: E402
-from sigma_assets.fault_server import FaultConfig, FaultServerProcess  # noqa: E402
-from sigma_assets.generation import GenerationRequest, Message, SamplingParams  # noqa: E402
-from sigma_assets.llm_client import LLMClient, RetrySettings  # noqa: E402
-from sigma_assets.response_store import ResponseStore  # noqa: E402
+from sigma_assets.llm.backends.openai_compat import OpenAIBackend  # noqa: E402
+from sigma_assets.llm.client import LLMClient, RetrySettings  # noqa: E402
+from sigma_assets.llm.generation import GenerationRequest, Message, SamplingParams  # noqa: E402
+from sigma_assets.llm.response_store import ResponseStore  # noqa: E402
+from sigma_assets.testing.fault_server import FaultConfig, FaultServerProcess  # noqa: E402
 
 S3_KEY = "sigma-bench"
 S3_SECRET = "sigma-bench-secret"

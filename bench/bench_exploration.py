@@ -27,12 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_search import _replace_section
 
-from sigma_assets.arithmetic import arithmetic_problems
-from sigma_assets.budgets import SMALL_SEARCH
-from sigma_assets.generation import GenerationRequest, Sample
-from sigma_assets.grading import AnswerChecker, final_answer
-from sigma_assets.mcts import MCTSSettings, run_search, selected_path
-from sigma_assets.siblings import exploration_stats, sibling_sets
+from sigma_assets.data.arithmetic import arithmetic_problems
+from sigma_assets.llm.generation import GenerationRequest, Sample
+from sigma_assets.method.budgets import SMALL_SEARCH
+from sigma_assets.method.grading import AnswerChecker, final_answer
+from sigma_assets.method.mcts import MCTSSettings, run_search, selected_path
+from sigma_assets.method.siblings import exploration_stats, sibling_sets
 
 
 def scripted_policy(requests: Sequence[GenerationRequest]) -> list[list[Sample]]:
@@ -83,9 +83,9 @@ def side_by_side(problems, generate, check, settings: MCTSSettings) -> list[tupl
 
 
 def bundled_generate():
-    from sigma_assets.backends.hf_local import TransformersBackend
-    from sigma_assets.llm_client import LLMClient
-    from sigma_assets.models import resolve_local_model
+    from sigma_assets.llm.backends.hf_local import TransformersBackend
+    from sigma_assets.llm.client import LLMClient
+    from sigma_assets.llm.models import resolve_local_model
     from sigma_assets.settings import BUNDLED_SMOLLM2
 
     backend = TransformersBackend(

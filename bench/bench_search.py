@@ -15,14 +15,14 @@ from pathlib import Path
 
 from upath import UPath
 
-from sigma_assets.arithmetic import arithmetic_problems
-from sigma_assets.backends.hf_local import TransformersBackend
-from sigma_assets.generation import GenerationRequest, Sample
-from sigma_assets.grading import AnswerChecker
-from sigma_assets.llm_client import LLMClient
-from sigma_assets.local_models import build_tiny_model
-from sigma_assets.mcts import MCTSSettings, run_search
-from sigma_assets.response_store import ResponseStore
+from sigma_assets.data.arithmetic import arithmetic_problems
+from sigma_assets.llm.backends.hf_local import TransformersBackend
+from sigma_assets.llm.client import LLMClient
+from sigma_assets.llm.generation import GenerationRequest, Sample
+from sigma_assets.llm.response_store import ResponseStore
+from sigma_assets.method.grading import AnswerChecker
+from sigma_assets.method.mcts import MCTSSettings, run_search
+from sigma_assets.testing.tiny_model import build_tiny_model
 
 SETTINGS = MCTSSettings(simulations=6, max_depth=6, step_max_tokens=24, rollout_max_tokens=48)
 

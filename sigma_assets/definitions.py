@@ -7,12 +7,14 @@ from typing import Any
 
 import dagster as dg
 
-from sigma_assets.assets import problems, refinement, search
-from sigma_assets.assets.partitions import SETTINGS
-from sigma_assets.io_manager import AtomicParquetIOManager
-from sigma_assets.resources import LLMResource, ProblemsResource, StorageResource
+from sigma_assets.data.storage import StorageRoot
+from sigma_assets.defs.problems import assets as problems
+from sigma_assets.defs.refinement import assets as refinement
+from sigma_assets.defs.search import assets as search
+from sigma_assets.defs.shared.io_manager import AtomicParquetIOManager
+from sigma_assets.defs.shared.partitions import SETTINGS
+from sigma_assets.defs.shared.resources import LLMResource, ProblemsResource, StorageResource
 from sigma_assets.settings import Settings
-from sigma_assets.storage import StorageRoot
 
 
 def _secret(name: str) -> Any:

@@ -1,4 +1,6 @@
-"""Materialising one (shard, temperature) in tests: `raw_problems` by shard, the rest by both keys.
+"""Shared test support: materialising one (shard, temperature), and scripted models for the fault server.
+
+`raw_problems` is partitioned by shard, the rest by both keys.
 
 A Dagster run holds one partitions definition, so a shard's problems and its search/refinement stages
 are two runs, as `problems_job` and `generation_job` launch them.
@@ -6,10 +8,15 @@ are two runs, as `problems_job` and `generation_job` launch them.
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
 import dagster as dg
+
+from sigma_assets.data.shards import shard_of
+from sigma_assets.settings import Settings
 
 
 class ShardRun:
@@ -106,3 +113,42 @@ def _config_for(selection: Sequence[Any], run_config: dict[str, Any] | None) -> 
     names = {key.path[-1] for item in selection if isinstance(item, dg.AssetsDefinition) for key in item.keys}
     ops = {name: cfg for name, cfg in run_config.get("ops", {}).items() if name in names}
     return {**run_config, "ops": ops}
+
+
+# -- scripted models on the fault server -------------------------------------------------------
+
+SEARCH_CONFIG = {"simulations": 4, "max_depth": 4, "step_max_tokens": 32, "rollout_max_tokens": 64}
+
+
+def arithmetic_policy(request: dict, sample_index: int) -> str:
+    """A policy that restates the question, then answers right (sample 0) or wrong (others)."""
+    question = re.findall(r"What is (\d+) \+ (\d+)\?", request.get("prompt", ""))
+    a, b = (int(x) for x in question[-1]) if question else (0, 0)
+    if "Let us add" not in request.get("prompt", "") and sample_index < 2:
+        return "Let us add the two numbers."
+    return f"So the answer is \\boxed{{{a + b if sample_index == 0 else a + b + 1}}}."
+
+
+def shard_with_problems(settings: Settings) -> str:
+    from sigma_assets.data.problems import load_problems
+
+    problems = load_problems(settings.problems).problems
+    return shard_of(problems[3].problem_id, settings.num_shards)  # problem 3 is "What is a + b?"
+
+
+def scripted_critic(request: dict, sample_index: int) -> str:
+    """Specific JSON feedback for critiques; revisions that keep every step and its final answer."""
+    prompt = request["messages"][-1]["content"]
+    if "Answer with JSON only" in prompt:
+        steps = re.findall(r"^Step (\d+): (.*)$", prompt.split("Candidates at each depth", 1)[0], flags=re.M)
+        feedback = [
+            {"depth": int(d), "feedback": f"Keep '{text}' and also name both numbers."} for d, text in steps
+        ]
+        return json.dumps({"feedback": feedback})
+    solution = prompt.split("Solution:\n", 1)[1].split("\n\nFeedback:", 1)[0]
+    steps = re.findall(r"^Step \d+: (.*)$", solution, flags=re.M)
+    return "\n".join(f"Step {i}: Adding the numbers carefully, {s}" for i, s in enumerate(steps, start=1))
+
+
+# The critic here is a capable (scripted) API model: path mode, whatever the environment's critic is.
+PATH_MODE = {name: {"config": {"mode": "path"}} for name in ("critiques", "refined_paths")}

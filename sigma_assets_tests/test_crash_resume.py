@@ -12,9 +12,8 @@ import time
 
 import polars as pl
 
-from sigma_assets.fault_server import FaultServer
-from sigma_assets_tests.test_refinement_assets import scripted_critic
-from sigma_assets_tests.test_search_assets import SEARCH_CONFIG, arithmetic_policy
+from sigma_assets.testing.fault_server import FaultServer
+from sigma_assets_tests.support import SEARCH_CONFIG, arithmetic_policy, scripted_critic
 
 CONCURRENCY = 4
 
@@ -24,7 +23,7 @@ RUN_SHARD = textwrap.dedent(
     import sys
 
     from sigma_assets.definitions import ASSETS, build_resources
-    from sigma_assets.resources import LLMResource
+    from sigma_assets.defs.shared.resources import LLMResource
     from sigma_assets.settings import Settings
     from sigma_assets_tests.support import materialize_shard
 

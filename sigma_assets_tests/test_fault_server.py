@@ -13,7 +13,7 @@ import aiohttp
 import openai
 import pytest
 
-from sigma_assets.fault_server import (
+from sigma_assets.testing.fault_server import (
     INVALID_JSON_CONTENT,
     FaultConfig,
     FaultServer,

@@ -6,7 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from sigma_assets.gold_answers import (
+from sigma_assets.data.problems import load_problems
+from sigma_assets.method.gold_answers import (
     BOUND,
     EMPTY,
     NO_SUCH_VALUE,
@@ -17,7 +18,7 @@ from sigma_assets.gold_answers import (
     prose_word,
     reason_category,
 )
-from sigma_assets.grading import (
+from sigma_assets.method.grading import (
     NO_VERDICT,
     PARSE_ADDS,
     PARSE_DROPS,
@@ -26,7 +27,6 @@ from sigma_assets.grading import (
     extract_answer,
     gold_alternatives,
 )
-from sigma_assets.problems import load_problems
 
 # (as a source writes it, as it is stored); alternatives are joined by " or equivalently ".
 KEPT = [

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from sigma_assets.grading import (
+from sigma_assets.method.grading import (
     AnswerChecker,
     answers_match,
     extract_answer,

@@ -21,13 +21,13 @@ from pathlib import Path
 import pytest
 from upath import UPath
 
-from sigma_assets.accounting import price_of
-from sigma_assets.backends.openai_compat import OpenAIBackend
-from sigma_assets.fault_server import FaultServer, FaultServerProcess
-from sigma_assets.generation import GenerationRequest, SamplingParams, user
-from sigma_assets.llm_client import LLMClient, RequestFailed, RetrySettings
-from sigma_assets.response_store import ResponseStore, sample_key
-from sigma_assets.storage import StorageRoot
+from sigma_assets.data.storage import StorageRoot
+from sigma_assets.llm.accounting import price_of
+from sigma_assets.llm.backends.openai_compat import OpenAIBackend
+from sigma_assets.llm.client import LLMClient, RequestFailed, RetrySettings
+from sigma_assets.llm.generation import GenerationRequest, SamplingParams, user
+from sigma_assets.llm.response_store import ResponseStore, sample_key
+from sigma_assets.testing.fault_server import FaultServer, FaultServerProcess
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # Short backoffs keep the suite fast; the rules under test do not depend on their size.
@@ -317,10 +317,10 @@ def test_api_key_never_leaks(tmp_path: Path, caplog: pytest.LogCaptureFixture) -
 CRASH_SCRIPT = """
 import sys
 from upath import UPath
-from sigma_assets.backends.openai_compat import OpenAIBackend
-from sigma_assets.generation import GenerationRequest
-from sigma_assets.llm_client import LLMClient
-from sigma_assets.response_store import ResponseStore
+from sigma_assets.llm.backends.openai_compat import OpenAIBackend
+from sigma_assets.llm.generation import GenerationRequest
+from sigma_assets.llm.client import LLMClient
+from sigma_assets.llm.response_store import ResponseStore
 
 base_url, store_dir, count, concurrency = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 store = ResponseStore(UPath(store_dir), "crash").load()
@@ -406,7 +406,7 @@ def test_openai_native_n_and_emulated_n(tmp_path: Path) -> None:
 
 
 def test_transformers_backend_through_the_client(tiny_model_dir: Path, tmp_path: Path) -> None:
-    from sigma_assets.backends.hf_local import TransformersBackend
+    from sigma_assets.llm.backends.hf_local import TransformersBackend
 
     params = SamplingParams(n=3, temperature=1.0, max_tokens=12, stop=("a", "e"), seed=3)
     requests = [

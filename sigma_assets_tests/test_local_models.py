@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from sigma_assets.backends.hf_local import TransformersBackend
-from sigma_assets.generation import GenerationRequest, Sample, SamplingParams, user
-from sigma_assets.local_models import build_tiny_model, ensure_smollm2, is_complete, smollm2_gguf_path
+from sigma_assets.llm.backends.hf_local import TransformersBackend
+from sigma_assets.llm.generation import GenerationRequest, Sample, SamplingParams, user
+from sigma_assets.llm.local_models import ensure_smollm2, is_complete, smollm2_gguf_path
+from sigma_assets.testing.tiny_model import build_tiny_model
 
 PROMPT = "Question: What is 12 + 30?\nAnswer:"
 

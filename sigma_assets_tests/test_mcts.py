@@ -9,8 +9,8 @@ from collections.abc import Sequence
 import polars as pl
 import pytest
 
-from sigma_assets.generation import GenerationRequest, Sample
-from sigma_assets.mcts import (
+from sigma_assets.llm.generation import GenerationRequest, Sample
+from sigma_assets.method.mcts import (
     CHATML_TEMPLATE,
     MCTSSettings,
     Node,

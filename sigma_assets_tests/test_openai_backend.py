@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 
-from sigma_assets.backends.openai_compat import OpenAIBackend
-from sigma_assets.fault_server import FaultServer
-from sigma_assets.generation import GenerationRequest, SamplingParams
-from sigma_assets.mcts import MCTSSettings, run_search
+from sigma_assets.llm.backends.openai_compat import OpenAIBackend
+from sigma_assets.llm.generation import GenerationRequest, SamplingParams
+from sigma_assets.method.mcts import MCTSSettings, run_search
+from sigma_assets.testing.fault_server import FaultServer
 
 
 def generate(backend: OpenAIBackend, requests: list[GenerationRequest]):

@@ -8,11 +8,11 @@ import dagster as dg
 import polars as pl
 import pytest
 
+from sigma_assets.data.problems import load_problems
+from sigma_assets.data.shards import shard_of
 from sigma_assets.definitions import ASSETS, CHECKS, build_resources
-from sigma_assets.grading import final_answer
-from sigma_assets.problems import load_problems
+from sigma_assets.method.grading import final_answer
 from sigma_assets.settings import Settings
-from sigma_assets.shards import shard_of
 from sigma_assets_tests.support import materialize_shard
 
 

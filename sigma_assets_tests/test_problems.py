@@ -8,9 +8,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from sigma_assets.grading import AnswerChecker
-from sigma_assets.problems import ColumnNames, ProblemSourceError, load_problems
-from sigma_assets.shards import shard_keys, shard_of
+from sigma_assets.data.problems import ColumnNames, ProblemSourceError, load_problems
+from sigma_assets.data.shards import shard_keys, shard_of
+from sigma_assets.method.grading import AnswerChecker
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> str:

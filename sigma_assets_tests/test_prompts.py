@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sigma_assets.prompts import (
+from sigma_assets.method.prompts import (
     parse_path_critique,
     parse_path_revision,
     parse_step_text,
@@ -13,7 +13,7 @@ from sigma_assets.prompts import (
     render_step_critique,
     render_step_revision,
 )
-from sigma_assets.siblings import Outcome, Sibling, SiblingSet
+from sigma_assets.method.siblings import Outcome, Sibling, SiblingSet
 
 PROBLEM = "What is (2 + 3) * 4?"
 GOLD = "20"

@@ -10,18 +10,18 @@ import polars as pl
 import pytest
 from upath import UPath
 
-from sigma_assets.assets.partitions import SHARD_TEMPERATURE, SHARDS
-from sigma_assets.assets.problems import (
+from sigma_assets.data.problems import load_problems
+from sigma_assets.data.storage import StorageError, StorageRoot
+from sigma_assets.definitions import build_resources, defs
+from sigma_assets.defs.problems.assets import (
     SKIPPED_SHARE_CHECK,
     RawProblemsConfig,
     raw_problems,
     raw_problems_valid,
 )
-from sigma_assets.definitions import build_resources, defs
-from sigma_assets.grading import AnswerChecker, gold_alternatives
-from sigma_assets.problems import load_problems
+from sigma_assets.defs.shared.partitions import SHARD_TEMPERATURE, SHARDS
+from sigma_assets.method.grading import AnswerChecker, gold_alternatives
 from sigma_assets.settings import Settings, SettingsError
-from sigma_assets.storage import StorageError, StorageRoot
 
 
 def materialize_all_shards(settings: Settings) -> list[dg.ExecuteInProcessResult]:
@@ -221,7 +221,7 @@ def test_critic_defaults_follow_the_api_key():
 
 
 def test_atomic_write_leaves_no_partial_file(tmp_path):
-    from sigma_assets.storage import write_atomic
+    from sigma_assets.data.storage import write_atomic
 
     target = UPath(tmp_path / "dir" / "x.bin")
     write_atomic(target, b"one")

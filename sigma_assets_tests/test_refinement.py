@@ -9,9 +9,9 @@ from dataclasses import replace
 
 import pytest
 
-from sigma_assets.generation import GenerationRequest, Sample
-from sigma_assets.llm_client import RequestFailed
-from sigma_assets.refinement import (
+from sigma_assets.llm.client import RequestFailed
+from sigma_assets.llm.generation import GenerationRequest, Sample
+from sigma_assets.method.refinement import (
     ProblemPaths,
     RefinementSettings,
     critique,
@@ -21,7 +21,7 @@ from sigma_assets.refinement import (
     refine_all,
     render_preview_markdown,
 )
-from sigma_assets.siblings import Outcome, Sibling, SiblingSet
+from sigma_assets.method.siblings import Outcome, Sibling, SiblingSet
 
 PATH = RefinementSettings(mode="path")
 STEP = RefinementSettings(mode="step")

@@ -2,43 +2,32 @@
 
 from __future__ import annotations
 
-import json
-import re
-
 import dagster as dg
 import polars as pl
 
-from sigma_assets.assets.problems import raw_problems
-from sigma_assets.assets.refinement import (
+from sigma_assets.definitions import build_resources
+from sigma_assets.defs.problems.assets import raw_problems
+from sigma_assets.defs.refinement.assets import (
     critiques,
     guard_rates,
     no_problem_lost,
     refined_answers_checked,
     refined_paths,
 )
-from sigma_assets.assets.search import mcts_trees, sibling_sets
-from sigma_assets.definitions import build_resources
-from sigma_assets.fault_server import FaultServer
-from sigma_assets.resources import LLMResource
+from sigma_assets.defs.search.assets import mcts_trees, sibling_sets
+from sigma_assets.defs.shared.resources import LLMResource
 from sigma_assets.settings import Settings
-from sigma_assets_tests.support import materialize_shard
-from sigma_assets_tests.test_search_assets import SEARCH_CONFIG, arithmetic_policy, shard_with_problems
+from sigma_assets.testing.fault_server import FaultServer
+from sigma_assets_tests.support import (
+    PATH_MODE,
+    SEARCH_CONFIG,
+    arithmetic_policy,
+    materialize_shard,
+    scripted_critic,
+    shard_with_problems,
+)
 
 ALL_FAULTS = ("429", "500", "timeout", "truncated", "invalid_json", "length")
-
-
-def scripted_critic(request: dict, sample_index: int) -> str:
-    """Specific JSON feedback for critiques; revisions that keep every step and its final answer."""
-    prompt = request["messages"][-1]["content"]
-    if "Answer with JSON only" in prompt:
-        steps = re.findall(r"^Step (\d+): (.*)$", prompt.split("Candidates at each depth", 1)[0], flags=re.M)
-        feedback = [
-            {"depth": int(d), "feedback": f"Keep '{text}' and also name both numbers."} for d, text in steps
-        ]
-        return json.dumps({"feedback": feedback})
-    solution = prompt.split("Solution:\n", 1)[1].split("\n\nFeedback:", 1)[0]
-    steps = re.findall(r"^Step \d+: (.*)$", solution, flags=re.M)
-    return "\n".join(f"Step {i}: Adding the numbers carefully, {s}" for i, s in enumerate(steps, start=1))
 
 
 FULL_SHARD = [
@@ -52,8 +41,6 @@ FULL_SHARD = [
     refined_answers_checked,
 ]
 UP_TO_CRITIQUES = [raw_problems, mcts_trees, sibling_sets, critiques]
-# The critic here is a capable (scripted) API model: path mode, whatever the environment's critic is.
-PATH_MODE = {name: {"config": {"mode": "path"}} for name in ("critiques", "refined_paths")}
 
 
 def policy_of(server: FaultServer) -> LLMResource:

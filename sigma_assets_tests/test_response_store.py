@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from upath import UPath
 
-from sigma_assets import response_store
-from sigma_assets.generation import Sample
-from sigma_assets.response_store import ResponseStore
+from sigma_assets.llm import response_store
+from sigma_assets.llm.generation import Sample
+from sigma_assets.llm.response_store import ResponseStore
 
 
 def _samples(count: int, tag: str = "s") -> list[tuple[str, Sample]]:

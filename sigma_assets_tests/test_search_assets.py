@@ -2,37 +2,22 @@
 
 from __future__ import annotations
 
-import re
-
 import dagster as dg
 import polars as pl
 
-from sigma_assets.assets.problems import raw_problems
-from sigma_assets.assets.search import mcts_trees, sibling_sets
 from sigma_assets.definitions import build_resources
-from sigma_assets.fault_server import FaultServer
-from sigma_assets.resources import LLMResource
+from sigma_assets.defs.problems.assets import raw_problems
+from sigma_assets.defs.search.assets import mcts_trees, sibling_sets
+from sigma_assets.defs.shared.resources import LLMResource
 from sigma_assets.settings import Settings
-from sigma_assets.shards import shard_of
-from sigma_assets_tests.support import ShardRun, materialize_shard
-
-SEARCH_CONFIG = {"simulations": 4, "max_depth": 4, "step_max_tokens": 32, "rollout_max_tokens": 64}
-
-
-def arithmetic_policy(request: dict, sample_index: int) -> str:
-    """A policy that restates the question, then answers right (sample 0) or wrong (others)."""
-    question = re.findall(r"What is (\d+) \+ (\d+)\?", request.get("prompt", ""))
-    a, b = (int(x) for x in question[-1]) if question else (0, 0)
-    if "Let us add" not in request.get("prompt", "") and sample_index < 2:
-        return "Let us add the two numbers."
-    return f"So the answer is \\boxed{{{a + b if sample_index == 0 else a + b + 1}}}."
-
-
-def shard_with_problems(settings: Settings) -> str:
-    from sigma_assets.problems import load_problems
-
-    problems = load_problems(settings.problems).problems
-    return shard_of(problems[3].problem_id, settings.num_shards)  # problem 3 is "What is a + b?"
+from sigma_assets.testing.fault_server import FaultServer
+from sigma_assets_tests.support import (
+    SEARCH_CONFIG,
+    ShardRun,
+    arithmetic_policy,
+    materialize_shard,
+    shard_with_problems,
+)
 
 
 def materialize(

@@ -7,9 +7,9 @@ from collections.abc import Sequence
 
 import polars as pl
 
-from sigma_assets.generation import GenerationRequest, Sample
-from sigma_assets.mcts import MCTSSettings, Node, Tree, run_search, selected_path, tree_rows
-from sigma_assets.siblings import (
+from sigma_assets.llm.generation import GenerationRequest, Sample
+from sigma_assets.method.mcts import MCTSSettings, Node, Tree, run_search, selected_path, tree_rows
+from sigma_assets.method.siblings import (
     ExplorationStats,
     Outcome,
     best_continuation,

@@ -15,15 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from sigma_assets.backends.vllm_engine import (
+from sigma_assets.llm.backends.vllm_engine import (
     VLLMBackend,
     VLLMNotInstalled,
     plan_calls,
     samples_from_output,
     sampling_kwargs,
 )
-from sigma_assets.generation import GenerationRequest, Message, SamplingParams, user
-from sigma_assets.llm_client import LLMClient
+from sigma_assets.llm.client import LLMClient
+from sigma_assets.llm.generation import GenerationRequest, Message, SamplingParams, user
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
@@ -114,7 +114,7 @@ def test_constructing_the_backend_does_not_import_vllm() -> None:
     # A fresh interpreter: this test process may have imported vllm elsewhere on a GPU machine.
     code = (
         "import sys\n"
-        "from sigma_assets.backends.vllm_engine import VLLMBackend\n"
+        "from sigma_assets.llm.backends.vllm_engine import VLLMBackend\n"
         "backend = VLLMBackend('some/model', dtype='bfloat16')\n"
         "assert 'vllm' not in sys.modules, 'vllm was imported'\n"
     )

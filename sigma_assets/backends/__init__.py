@@ -1,1 +1,0 @@
-"""Concrete `Backend` implementations (see `sigma_assets.generation`)."""

@@ -1,0 +1,281 @@
+"""critiques and refined_paths: sibling-guided critique, then revision by textual gradient descent."""
+
+from collections.abc import Callable
+
+import dagster as dg
+import polars as pl
+
+from sigma_assets.defs.shared.partitions import (
+    SAME_SHARD,
+    SETTINGS,
+    SHARD_RETRY,
+    SHARD_TEMPERATURE,
+    search_asset,
+    store_namespace,
+)
+from sigma_assets.defs.shared.resources import LLMResource, StorageResource
+from sigma_assets.llm.client import LLMClient, RequestFailed
+from sigma_assets.llm.generation import GenerationRequest
+from sigma_assets.llm.response_store import sample_key
+from sigma_assets.method.budgets import refinement_budget
+from sigma_assets.method.grading import AnswerChecker
+from sigma_assets.method.refinement import (
+    CritiqueRow,
+    ProblemPaths,
+    RefinementSettings,
+    critique,
+    problem_paths,
+    render_preview_markdown,
+    revise,
+)
+from sigma_assets.method.siblings import SiblingSet
+
+CRITIQUE_SCHEMA = {
+    "problem_id": pl.String,
+    "depth": pl.Int64,
+    "feedback": pl.String,
+    "generic": pl.Boolean,
+    "mode": pl.String,
+    "calls": pl.Int64,
+    "prompt_tokens": pl.Int64,
+    "completion_tokens": pl.Int64,
+    "response_keys": pl.List(pl.String),
+    "critic_model": pl.String,
+}
+REFINED_SCHEMA = {
+    "problem_id": pl.String,
+    "original_steps": pl.List(pl.String),
+    "refined_steps": pl.List(pl.String),
+    "final_answer": pl.String,
+    "correct": pl.Boolean,
+    "drift": pl.Boolean,
+    "rejected_revision": pl.String,
+    "regurgitation": pl.Boolean,
+    "generic_feedback": pl.Boolean,
+    "generic_depths": pl.Int64,
+    "critique_mode": pl.String,
+    "revision_mode": pl.String,
+    "revision_attempts": pl.Int64,
+    "calls": pl.Int64,
+    "prompt_tokens": pl.Int64,
+    "completion_tokens": pl.Int64,
+    "response_keys": pl.List(pl.String),
+    "critic_model": pl.String,
+}
+
+
+# The budget that fits the configured critic, however a run starts (see `budgets`).
+_BUDGET = refinement_budget(SETTINGS.critic_backend, SETTINGS.critic_model)
+
+
+class RefinementConfig(dg.Config):
+    """Critique and revision settings (DESIGN §1): `path` (one call each per problem) or `step` mode."""
+
+    mode: str = _BUDGET.mode
+    temperature: float = _BUDGET.temperature
+    critique_path_max_tokens: int = _BUDGET.critique_path_max_tokens
+    critique_step_max_tokens: int = _BUDGET.critique_step_max_tokens
+    revision_path_max_tokens: int = _BUDGET.revision_path_max_tokens
+    revision_step_max_tokens: int = _BUDGET.revision_step_max_tokens
+    drift_retries: int = _BUDGET.drift_retries
+    seed: int = 0
+
+    def to_settings(self) -> RefinementSettings:
+        return RefinementSettings(**self.model_dump())  # validated there
+
+
+def _problems(raw_problems: pl.DataFrame, sibling_sets: pl.DataFrame) -> list[ProblemPaths]:
+    texts = {r["problem_id"]: (r["problem"], r["answer"]) for r in raw_problems.iter_rows(named=True)}
+    return problem_paths((SiblingSet.from_row(r) for r in sibling_sets.iter_rows(named=True)), texts)
+
+
+def _key_of(client: LLMClient) -> Callable[[GenerationRequest], str]:
+    backend = client.backend
+    return lambda request: sample_key(backend.name, backend.endpoint, backend.model, request, 0)
+
+
+def _per_problem(
+    problems: list[ProblemPaths], stage: Callable[[list[ProblemPaths]], list], what: str
+) -> list:
+    """Run `stage` on all problems; if calls fail for good, find which problems failed and why.
+
+    Every response that did arrive is already in the store, so the per-problem pass costs only the
+    failing calls again, and a retried run pays only for those.
+    """
+    try:
+        return stage(problems)
+    except RequestFailed:
+        pass
+    failures: dict[str, str] = {}
+    results: list = []
+    for problem in problems:
+        try:
+            results += stage([problem])
+        except RequestFailed as exc:
+            failures[problem.problem_id] = exc.reason
+    if not failures:  # the failure was passing: every problem went through on its own
+        return results
+    listing = "; ".join(f"{pid}: {reason}" for pid, reason in failures.items())
+    raise dg.Failure(
+        description=f"{what} failed for {len(failures)} of {len(problems)} problems: {listing}",
+        metadata={"failed_problems": dg.MetadataValue.json(failures)},
+    )
+
+
+@search_asset(
+    retry_policy=SHARD_RETRY,
+    pool="llm_critic",
+    ins={"raw_problems": dg.AssetIn(partition_mapping=SAME_SHARD), "sibling_sets": dg.AssetIn()},
+    description="Per (problem, depth) of each selected path: the critic's feedback against the siblings.",
+)
+def critiques(
+    context: dg.AssetExecutionContext,
+    config: RefinementConfig,
+    raw_problems: pl.DataFrame,
+    sibling_sets: pl.DataFrame,
+    critic: LLMResource,
+    storage: StorageResource,
+) -> pl.DataFrame:
+    problems = _problems(raw_problems, sibling_sets)
+    settings = config.to_settings()
+    with critic.client(storage.root(), store_namespace("critic", context)) as client:
+        rows: list[CritiqueRow] = _per_problem(
+            problems, lambda ps: critique(ps, client.generate, settings, _key_of(client)), "critique"
+        )
+        usage = client.usage
+    frame = pl.DataFrame(
+        [row.to_row() | {"critic_model": critic.model} for row in rows], schema=CRITIQUE_SCHEMA
+    )
+    fallback = frame.filter(pl.col("mode") == "step-fallback")["problem_id"].n_unique()
+    context.add_output_metadata(
+        {
+            "dagster/row_count": frame.height,
+            "problems": len(problems),
+            "generic_rate": round(float(frame["generic"].mean() or 0.0), 4),
+            "step_fallback_problems": fallback,
+            "calls_per_problem": round(usage.requests / len(problems), 3) if problems else 0.0,
+            **usage.as_metadata("critic_"),
+            "mode": config.mode,
+        }
+    )
+    return frame
+
+
+@search_asset(
+    retry_policy=SHARD_RETRY,
+    pool="llm_critic",
+    ins={
+        "raw_problems": dg.AssetIn(partition_mapping=SAME_SHARD),
+        "sibling_sets": dg.AssetIn(),
+        "critiques": dg.AssetIn(),
+    },
+    description="Per problem: the selected path revised with its feedback, guarded against drift.",
+)
+def refined_paths(
+    context: dg.AssetExecutionContext,
+    config: RefinementConfig,
+    raw_problems: pl.DataFrame,
+    sibling_sets: pl.DataFrame,
+    critiques: pl.DataFrame,
+    critic: LLMResource,
+    storage: StorageResource,
+) -> pl.DataFrame:
+    problems = _problems(raw_problems, sibling_sets)
+    feedback = [CritiqueRow.from_row(r) for r in critiques.drop("critic_model").iter_rows(named=True)]
+    settings = config.to_settings()
+    with (
+        critic.client(storage.root(), store_namespace("critic", context)) as client,
+        AnswerChecker() as checker,
+    ):
+        refined = _per_problem(
+            problems,
+            lambda ps: revise(ps, feedback, client.generate, checker.check_many, settings, _key_of(client)),
+            "revision",
+        )
+        usage = client.usage
+    frame = pl.DataFrame(
+        [r.to_row() | {"critic_model": critic.model} for r in refined], schema=REFINED_SCHEMA
+    )
+    rates = {
+        f"{flag}_rate": round(float(frame[flag].mean() or 0.0), 4)
+        for flag in ("drift", "regurgitation", "generic_feedback")
+    }
+    preview = "no problems with a selected path in this shard"
+    if problems:
+        first = problems[0]
+        preview = render_preview_markdown(list(first.sibling_sets), feedback, refined[0])
+    context.add_output_metadata(
+        {
+            "dagster/row_count": frame.height,
+            **rates,
+            "correct_share": round(float(frame["correct"].mean() or 0.0), 4),
+            "calls_per_problem": round(float(frame["calls"].mean() or 0.0), 3),
+            "tokens_per_problem": round(
+                float((frame["prompt_tokens"] + frame["completion_tokens"]).mean() or 0.0), 1
+            ),
+            **usage.as_metadata("critic_"),
+            "preview": dg.MetadataValue.md(preview),
+        }
+    )
+    return frame
+
+
+# -- checks ---------------------------------------------------------------------------------------------
+
+
+class RateThresholds(dg.Config):
+    max_drift_rate: float = 0.5
+    max_generic_rate: float = 0.5
+
+
+@dg.asset_check(
+    asset=refined_paths,
+    partitions_def=SHARD_TEMPERATURE,
+    additional_ins={"sibling_sets": dg.AssetIn(), "critiques": dg.AssetIn()},
+    description="No problem is lost between sibling_sets, critiques and refined_paths.",
+)
+def no_problem_lost(
+    refined_paths: pl.DataFrame, sibling_sets: pl.DataFrame, critiques: pl.DataFrame
+) -> dg.AssetCheckResult:
+    expected = set(sibling_sets["problem_id"])
+    depths = set(zip(sibling_sets["problem_id"], sibling_sets["depth"], strict=True))
+    critiqued = set(zip(critiques["problem_id"], critiques["depth"], strict=True))
+    missing_refined = sorted(expected - set(refined_paths["problem_id"]))
+    missing_critiques = sorted(f"{p}@{d}" for p, d in depths - critiqued)
+    return dg.AssetCheckResult(
+        passed=not missing_refined and not missing_critiques,
+        metadata={
+            "problems": len(expected),
+            "missing_refined": dg.MetadataValue.json(missing_refined),
+            "missing_critiques": dg.MetadataValue.json(missing_critiques),
+        },
+    )
+
+
+@dg.asset_check(
+    asset=refined_paths,
+    partitions_def=SHARD_TEMPERATURE,
+    description="Drift and generic rates under thresholds.",
+)
+def guard_rates(config: RateThresholds, refined_paths: pl.DataFrame) -> dg.AssetCheckResult:
+    # Both rates are shares of problems (a problem counts as generic if any of its depths was).
+    drift = float(refined_paths["drift"].mean() or 0.0)
+    generic = float(refined_paths["generic_feedback"].mean() or 0.0)
+    return dg.AssetCheckResult(
+        passed=drift <= config.max_drift_rate and generic <= config.max_generic_rate,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"drift_rate": drift, "generic_problem_rate": generic, **config.model_dump()},
+    )
+
+
+@dg.asset_check(
+    asset=refined_paths,
+    partitions_def=SHARD_TEMPERATURE,
+    description="Every refined path ends with a checked answer.",
+)
+def refined_answers_checked(refined_paths: pl.DataFrame) -> dg.AssetCheckResult:
+    unchecked = refined_paths.filter(pl.col("final_answer").is_null() | ~pl.col("correct"))
+    return dg.AssetCheckResult(
+        passed=unchecked.is_empty(),
+        metadata={"unchecked": dg.MetadataValue.json(unchecked["problem_id"].to_list())},
+    )

@@ -1,0 +1,206 @@
+"""mcts_trees and sibling_sets: batched MCTS with the policy model, then each selected step's siblings."""
+
+import json
+from collections import Counter
+from dataclasses import asdict
+
+import dagster as dg
+import polars as pl
+
+from sigma_assets.defs.shared.partitions import (
+    SAME_SHARD,
+    SETTINGS,
+    SHARD_RETRY,
+    search_asset,
+    shard_and_temperature,
+    store_namespace,
+)
+from sigma_assets.defs.shared.resources import LLMResource, StorageResource
+from sigma_assets.method.budgets import search_budget
+from sigma_assets.method.grading import AnswerChecker
+from sigma_assets.method.mcts import (
+    SELECTION_RULE,
+    MCTSSettings,
+    render_tree_markdown,
+    run_search,
+    selected_path,
+    tree_rows,
+    trees_from_rows,
+)
+from sigma_assets.method.siblings import exploration_stats
+from sigma_assets.method.siblings import sibling_sets as siblings_of
+
+TREE_SCHEMA = {
+    "problem_id": pl.String,
+    "node_id": pl.String,
+    "parent_id": pl.String,
+    "depth": pl.Int64,
+    "step": pl.String,
+    "visits": pl.Int64,
+    "value": pl.Float64,
+    "q": pl.Float64,
+    "terminal": pl.Boolean,
+    "terminal_reason": pl.String,
+    "answer": pl.String,
+    "correct": pl.Boolean,
+    "rollout_answer": pl.String,
+    "rollout_correct": pl.Boolean,
+    "samples": pl.Int64,
+    "on_selected_path": pl.Boolean,
+}
+_OUTCOME = pl.Struct(
+    {"leaf_id": pl.String, "answer": pl.String, "correct": pl.Boolean, "terminal": pl.Boolean}
+)
+_SIBLING = pl.Struct(
+    {"node_id": pl.String, "step": pl.String, "q": pl.Float64, "visits": pl.Int64, "outcome": _OUTCOME}
+)
+SIBLING_SCHEMA = {
+    "problem_id": pl.String,
+    "depth": pl.Int64,
+    "history": pl.List(pl.String),
+    "selected_node_id": pl.String,
+    "selected_step": pl.String,
+    "selected_q": pl.Float64,
+    "selected_visits": pl.Int64,
+    "siblings": pl.List(_SIBLING),
+}
+
+
+# The budget that fits the configured policy model: the Launchpad, backfills and schedules all start
+# from it (the paper's search for a real model, a small one for the bundled CPU model).
+_BUDGET = search_budget(SETTINGS.policy_model)
+
+
+class SearchConfig(dg.Config):
+    """MCTS settings (DESIGN §1). The temperature is not here: it is the partition's."""
+
+    simulations: int = _BUDGET.simulations
+    n_children: int = _BUDGET.n_children
+    max_depth: int = _BUDGET.max_depth
+    top_p: float = _BUDGET.top_p
+    exploration: float = _BUDGET.exploration
+    rollout: str = _BUDGET.rollout
+    step_max_tokens: int = _BUDGET.step_max_tokens
+    rollout_max_tokens: int = _BUDGET.rollout_max_tokens
+    seed: int = _BUDGET.seed
+    prompt_template: str = _BUDGET.prompt_template
+    reselect_terminals: bool = _BUDGET.reselect_terminals
+    answer_timeout_s: float = 5.0
+
+    def to_settings(self, temperature: float) -> MCTSSettings:
+        fields = self.model_dump(exclude={"answer_timeout_s"})
+        return MCTSSettings(**fields, temperature=temperature)  # validated there
+
+
+@search_asset(
+    retry_policy=SHARD_RETRY,
+    pool="llm_policy",
+    ins={"raw_problems": dg.AssetIn(partition_mapping=SAME_SHARD)},
+    description="One row per MCTS node: every problem of the shard searched at the partition's temperature.",
+)
+def mcts_trees(
+    context: dg.AssetExecutionContext,
+    config: SearchConfig,
+    raw_problems: pl.DataFrame,
+    policy: LLMResource,
+    storage: StorageResource,
+) -> pl.DataFrame:
+    _, temperature = shard_and_temperature(context)
+    settings = config.to_settings(float(temperature))
+    problems = [(r["problem_id"], r["problem"], r["answer"]) for r in raw_problems.iter_rows(named=True)]
+    with (
+        policy.client(storage.root(), store_namespace("policy", context)) as client,
+        AnswerChecker(timeout_s=config.answer_timeout_s) as checker,
+    ):
+        result = run_search(problems, client.generate, checker.check_many, settings)
+        usage, timeouts = client.usage, checker.timeouts
+    frame = pl.DataFrame([row for tree in result.trees for row in tree_rows(tree)], schema=TREE_SCHEMA)
+    solved = [tree for tree in result.trees if selected_path(tree) is not None]
+    preview_tree = solved[0] if solved else (result.trees[0] if result.trees else None)
+    steps = frame.filter(pl.col("depth") > 0)
+    reasons = Counter(frame.filter(pl.col("terminal"))["terminal_reason"].to_list())
+    context.add_output_metadata(
+        {
+            "dagster/row_count": frame.height,
+            "trees": len(result.trees),
+            "nodes": frame.height,
+            "solved": len(solved),
+            "solved_share": round(len(solved) / len(result.trees), 4) if result.trees else 0.0,
+            "mean_depth": round(float(steps["depth"].mean() or 0.0), 3),
+            "rounds": result.rounds,
+            "generate_calls": result.generate_calls,
+            "merged_duplicate_steps": int((steps["samples"] - 1).sum()),
+            "context_overflows": reasons["context_overflow"]
+            + result.rollout_outcomes.get("context_overflow", 0),
+            "terminal_reasons": dg.MetadataValue.json(dict(reasons)),
+            "rollout_outcomes": dg.MetadataValue.json(result.rollout_outcomes),
+            "answer_check_timeouts": timeouts,
+            **usage.as_metadata("policy_"),
+            "policy_backend": policy.backend,
+            "temperature": temperature,
+            "selection_rule": SELECTION_RULE,
+            "settings": dg.MetadataValue.json(
+                {k: v for k, v in asdict(settings).items() if k != "prompt_template"}
+            ),
+            "prompt_template": dg.MetadataValue.md(f"```\n{settings.prompt_template}\n```"),
+            "preview": dg.MetadataValue.md(
+                render_tree_markdown(preview_tree) if preview_tree else "no trees"
+            ),
+        }
+    )
+    return frame
+
+
+@search_asset(
+    description="Per depth of each selected path: the shared history, the selected step and its siblings.",
+)
+def sibling_sets(context: dg.AssetExecutionContext, mcts_trees: pl.DataFrame) -> pl.DataFrame:
+    trees = trees_from_rows(mcts_trees.to_dicts())
+    records = [s for tree in trees for s in siblings_of(tree)]
+    frame = pl.DataFrame([s.to_row() for s in records], schema=SIBLING_SCHEMA)
+    unsolved = sorted({tree.problem_id for tree in trees} - set(frame["problem_id"].to_list()))
+    if unsolved:
+        context.log.info(f"{len(unsolved)} problems reached no correct leaf and yield no sample: {unsolved}")
+    explored = exploration_stats(records)
+    context.add_output_metadata(
+        {
+            "dagster/row_count": frame.height,
+            "problems_with_path": frame["problem_id"].n_unique(),
+            "problems_without_correct_leaf": len(unsolved),
+            "without_correct_leaf": dg.MetadataValue.json(unsolved),
+            "mean_siblings": round(float(frame["siblings"].list.len().mean() or 0.0), 3),
+            "siblings": explored.siblings,
+            "sibling_mean_visits": round(explored.mean_visits, 3),
+            "sibling_reached_share": round(explored.reached_share, 4),
+            "selection_rule": SELECTION_RULE,
+            "preview": dg.MetadataValue.md(_sibling_preview(frame)),
+        }
+    )
+    return frame
+
+
+def _sibling_preview(frame: pl.DataFrame) -> str:
+    if frame.is_empty():
+        return "no selected paths in this shard"
+    first = frame.filter(pl.col("problem_id") == frame["problem_id"][0])
+    lines = [
+        f"**{first['problem_id'][0]}**",
+        "",
+        "| depth | selected (Q) | siblings (Q → outcome) |",
+        "|---|---|---|",
+    ]
+    for row in first.iter_rows(named=True):
+        siblings = "<br>".join(
+            f"{_cell(s['step'])} ({s['q']:+.2f} → {json.dumps(s['outcome']['answer'])}, "
+            f"{'✓' if s['outcome']['correct'] else '✗'})"
+            for s in row["siblings"]
+        )
+        lines.append(
+            f"| {row['depth']} | {_cell(row['selected_step'])} ({row['selected_q']:+.2f}) | {siblings} |"
+        )
+    return "\n".join(lines)
+
+
+def _cell(text: str, limit: int = 100) -> str:
+    text = text.replace("|", "\\|").replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,1 @@
+"""Concrete `Backend` implementations (see `sigma_assets.llm.generation`)."""

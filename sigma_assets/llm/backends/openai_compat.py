@@ -1,0 +1,193 @@
+"""Any OpenAI-compatible server (OpenAI, `vllm serve`, `transformers serve`) through the official client.
+
+Retries are the client layer's job, so the SDK's own are off. `n` is sent natively; when a server
+answers with fewer choices than asked (some ignore `n`), the rest are requested one by one with
+distinct seeds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+import openai
+
+from sigma_assets.llm.client import (
+    ConnectionFailed,
+    FatalRequestError,
+    InvalidResponse,
+    RateLimited,
+    RequestTimeout,
+    ServerError,
+)
+from sigma_assets.llm.generation import FinishReason, GenerationRequest, Sample
+
+
+class OpenAIBackend:
+    name = "openai"
+    max_batch = 1
+
+    def __init__(
+        self,
+        model: str,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        timeout_s: float = 120.0,
+        max_connections: int = 512,
+        extra_body: dict[str, Any] | None = None,
+        generation_config_sampling: bool = False,
+    ):
+        self.model = model
+        # `transformers serve` samples only as its `generation_config` says (its default is greedy, so
+        # n children would be n copies): send the sampling settings there too. Part of the store key.
+        self.generation_config_sampling = generation_config_sampling
+        if generation_config_sampling:
+            self.name = "openai+generation_config"
+        self.endpoint = base_url or "https://api.openai.com/v1"
+        self.extra_body = extra_body or {}
+        self._api_key = api_key
+        self._timeout_s = timeout_s
+        self._max_connections = max_connections
+        # An httpx pool belongs to the event loop it was first used on, so the SDK client is made per
+        # loop on first use (a caller may run the client under asyncio.run more than once).
+        self._client: openai.AsyncOpenAI | None = None
+        self._client_loop: asyncio.AbstractEventLoop | None = None
+
+    def __repr__(self) -> str:  # never shows the key
+        return f"OpenAIBackend(model={self.model!r}, endpoint={self.endpoint!r})"
+
+    def _sdk(self) -> openai.AsyncOpenAI:
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._client_loop is not loop:
+            limits = httpx.Limits(
+                max_connections=self._max_connections, max_keepalive_connections=self._max_connections
+            )
+            # A local server needs no key, but the SDK insists on one; the key never enters the store key.
+            self._client = openai.AsyncOpenAI(
+                base_url=self.endpoint,
+                api_key=self._api_key or "unused",
+                max_retries=0,
+                timeout=self._timeout_s,
+                http_client=httpx.AsyncClient(limits=limits, timeout=self._timeout_s),
+            )
+            self._client_loop = loop
+        return self._client
+
+    async def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Sample]]:
+        return [await self._one(request) for request in requests]
+
+    async def _one(self, request: GenerationRequest) -> list[Sample]:
+        samples = await self._call(request, request.params.n, request.params.seed)
+        extra = 0
+        while len(samples) < request.params.n:  # the server ignored `n`: emulate it with seeded calls
+            extra += 1
+            seed = None if request.params.seed is None else request.params.seed + extra
+            samples += await self._call(request, 1, seed)
+        return samples[: request.params.n]
+
+    async def _call(self, request: GenerationRequest, n: int, seed: int | None) -> list[Sample]:
+        params = request.params
+        common: dict[str, Any] = {
+            "model": self.model,
+            "n": n,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "max_tokens": params.max_tokens,
+        }
+        if params.stop:
+            common["stop"] = list(params.stop)
+        if seed is not None:
+            common["seed"] = seed
+        extra_body = dict(self.extra_body)
+        if self.generation_config_sampling and params.temperature > 0:
+            sampling = {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p}
+            extra_body["generation_config"] = json.dumps(sampling | {"max_new_tokens": params.max_tokens})
+        if extra_body:
+            common["extra_body"] = extra_body
+        try:
+            if request.messages is not None:
+                if params.json_output:
+                    common["response_format"] = {"type": "json_object"}
+                messages: Any = [{"role": m.role, "content": m.content} for m in request.messages]
+                response = await self._sdk().chat.completions.create(messages=messages, **common)
+                texts = [(c.message.content or "", _finish_reason(c)) for c in response.choices]
+            else:
+                response = await self._sdk().completions.create(prompt=request.prompt or "", **common)
+                texts = [(c.text, _finish_reason(c)) for c in response.choices]
+        except openai.RateLimitError as exc:
+            raise RateLimited(_describe(exc), retry_after_s=_retry_after(exc.response)) from exc
+        except openai.APITimeoutError as exc:
+            raise RequestTimeout(str(exc)) from exc
+        except openai.APIConnectionError as exc:
+            raise ConnectionFailed(str(exc)) from exc
+        except openai.InternalServerError as exc:
+            raise ServerError(_describe(exc), retry_after_s=_retry_after(exc.response)) from exc
+        except openai.BadRequestError as exc:
+            if _CONTEXT_OVERFLOW_RE.search(exc.message):
+                # The prompt alone is too long for the model: an answer about this request, not a fault.
+                return [Sample("", finish_reason="context_overflow")] * n
+            raise FatalRequestError(_describe(exc)) from exc
+        except openai.APIStatusError as exc:
+            if exc.status_code in (408, 409):
+                raise ServerError(_describe(exc)) from exc
+            raise FatalRequestError(_describe(exc)) from exc
+        except (json.JSONDecodeError, openai.APIResponseValidationError, ValueError, TypeError) as exc:
+            raise InvalidResponse(f"unreadable response: {type(exc).__name__}: {exc}") from exc
+        if not response.choices:
+            raise InvalidResponse("response has no choices")
+        usage = response.usage
+        prompt_tokens = usage.prompt_tokens if usage else 0
+        completion_tokens = usage.completion_tokens if usage else 0
+        # Usage comes per call: split it over the samples, remainder on the first, so sums stay exact.
+        per_sample, remainder = divmod(completion_tokens, max(1, len(texts)))
+        return [
+            Sample(
+                text=text,
+                finish_reason=reason,
+                # A prompt is billed once per call however many samples it yields.
+                prompt_tokens=prompt_tokens if index == 0 else 0,
+                completion_tokens=per_sample + (remainder if index == 0 else 0),
+            )
+            for index, (text, reason) in enumerate(texts)
+        ]
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None and self._client_loop is asyncio.get_running_loop():
+            await client.close()  # a client of a finished loop has nothing left to close there
+
+
+# vLLM: "This model's maximum context length is 2048 tokens"; OpenAI: "maximum context length";
+# others: "context length exceeded", "longer than the maximum model length".
+_CONTEXT_OVERFLOW_RE = re.compile(r"context[ _]length|maximum model length|context window", re.IGNORECASE)
+
+
+def _finish_reason(choice: Any) -> FinishReason:
+    if choice.finish_reason == "length":
+        return "length"
+    # vLLM adds `stop_reason`: the stop string that matched, or null when the model ended the text.
+    extra = getattr(choice, "model_extra", None) or {}
+    if "stop_reason" in extra and extra["stop_reason"] is None:
+        return "end"
+    return "stop"
+
+
+def _describe(exc: openai.APIStatusError) -> str:
+    return f"HTTP {exc.status_code}: {exc.message}"
+
+
+def _retry_after(response: httpx.Response | None) -> float | None:
+    if response is None:
+        return None
+    for header, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):
+        value = response.headers.get(header)
+        if value:
+            try:
+                return float(value) * scale
+            except ValueError:
+                continue
+    return None
