@@ -5,6 +5,7 @@ from collections.abc import Callable
 import dagster as dg
 import polars as pl
 
+from sigma_assets.defs.shared.config import config_from_settings, settings_from_config
 from sigma_assets.defs.shared.partitions import (
     SAME_SHARD,
     SETTINGS,
@@ -64,24 +65,12 @@ REFINED_SCHEMA = {
 }
 
 
-# The budget that fits the configured critic, however a run starts (see `budgets`).
-_BUDGET = refinement_budget(SETTINGS.critic_backend, SETTINGS.critic_model)
-
-
-class RefinementConfig(dg.Config):
-    """Critique and revision settings (DESIGN §1): `path` (one call each per problem) or `step` mode."""
-
-    mode: str = _BUDGET.mode
-    temperature: float = _BUDGET.temperature
-    critique_path_max_tokens: int = _BUDGET.critique_path_max_tokens
-    critique_step_max_tokens: int = _BUDGET.critique_step_max_tokens
-    revision_path_max_tokens: int = _BUDGET.revision_path_max_tokens
-    revision_step_max_tokens: int = _BUDGET.revision_step_max_tokens
-    drift_retries: int = _BUDGET.drift_retries
-    seed: int = 0
-
-    def to_settings(self) -> RefinementSettings:
-        return RefinementSettings(**self.model_dump())  # validated there
+# Every field of RefinementSettings, with the defaults of the budget that fits the configured critic.
+RefinementConfig = config_from_settings(
+    "RefinementConfig",
+    refinement_budget(SETTINGS.critic_backend, SETTINGS.critic_model),
+    doc="Critique and revision settings (DESIGN §1): `path` (one call each per problem) or `step` mode.",
+)
 
 
 def _problems(raw_problems: pl.DataFrame, sibling_sets: pl.DataFrame) -> list[ProblemPaths]:
@@ -137,7 +126,7 @@ def critiques(
     storage: StorageResource,
 ) -> pl.DataFrame:
     problems = _problems(raw_problems, sibling_sets)
-    settings = config.to_settings()
+    settings = settings_from_config(RefinementSettings, config)
     with critic.client(storage.root(), store_namespace("critic", context)) as client:
         rows: list[CritiqueRow] = _per_problem(
             problems, lambda ps: critique(ps, client.generate, settings, _key_of(client)), "critique"
@@ -155,7 +144,7 @@ def critiques(
             "step_fallback_problems": fallback,
             "calls_per_problem": round(usage.requests / len(problems), 3) if problems else 0.0,
             **usage.as_metadata("critic_"),
-            "mode": config.mode,
+            "mode": settings.mode,
         }
     )
     return frame
@@ -182,7 +171,7 @@ def refined_paths(
 ) -> pl.DataFrame:
     problems = _problems(raw_problems, sibling_sets)
     feedback = [CritiqueRow.from_row(r) for r in critiques.drop("critic_model").iter_rows(named=True)]
-    settings = config.to_settings()
+    settings = settings_from_config(RefinementSettings, config)
     with (
         critic.client(storage.root(), store_namespace("critic", context)) as client,
         AnswerChecker() as checker,

@@ -7,6 +7,7 @@ from dataclasses import asdict
 import dagster as dg
 import polars as pl
 
+from sigma_assets.defs.shared.config import config_from_settings, settings_from_config
 from sigma_assets.defs.shared.partitions import (
     SAME_SHARD,
     SETTINGS,
@@ -66,30 +67,15 @@ SIBLING_SCHEMA = {
 }
 
 
-# The budget that fits the configured policy model: the Launchpad, backfills and schedules all start
-# from it (the paper's search for a real model, a small one for the bundled CPU model).
-_BUDGET = search_budget(SETTINGS.policy_model)
-
-
-class SearchConfig(dg.Config):
-    """MCTS settings (DESIGN §1). The temperature is not here: it is the partition's."""
-
-    simulations: int = _BUDGET.simulations
-    n_children: int = _BUDGET.n_children
-    max_depth: int = _BUDGET.max_depth
-    top_p: float = _BUDGET.top_p
-    exploration: float = _BUDGET.exploration
-    rollout: str = _BUDGET.rollout
-    step_max_tokens: int = _BUDGET.step_max_tokens
-    rollout_max_tokens: int = _BUDGET.rollout_max_tokens
-    seed: int = _BUDGET.seed
-    prompt_template: str = _BUDGET.prompt_template
-    reselect_terminals: bool = _BUDGET.reselect_terminals
-    answer_timeout_s: float = 5.0
-
-    def to_settings(self, temperature: float) -> MCTSSettings:
-        fields = self.model_dump(exclude={"answer_timeout_s"})
-        return MCTSSettings(**fields, temperature=temperature)  # validated there
+# The Launchpad's search settings: every field of MCTSSettings but the temperature (the partition's),
+# with the defaults of the budget that fits the configured policy model, however a run starts.
+SearchConfig = config_from_settings(
+    "SearchConfig",
+    search_budget(SETTINGS.policy_model),
+    exclude=("temperature",),
+    extra={"answer_timeout_s": (float, 5.0)},
+    doc="MCTS settings (DESIGN §1); the temperature is the partition's.",
+)
 
 
 @search_asset(
@@ -106,7 +92,7 @@ def mcts_trees(
     storage: StorageResource,
 ) -> pl.DataFrame:
     _, temperature = shard_and_temperature(context)
-    settings = config.to_settings(float(temperature))
+    settings: MCTSSettings = settings_from_config(MCTSSettings, config, temperature=float(temperature))
     problems = [(r["problem_id"], r["problem"], r["answer"]) for r in raw_problems.iter_rows(named=True)]
     with (
         policy.client(storage.root(), store_namespace("policy", context)) as client,
