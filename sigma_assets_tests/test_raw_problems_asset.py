@@ -228,3 +228,23 @@ def test_atomic_write_leaves_no_partial_file(tmp_path):
     write_atomic(target, b"two")
     assert target.read_bytes() == b"two"
     assert [p.name for p in (tmp_path / "dir").iterdir()] == ["x.bin"]
+
+
+def test_every_asset_publishes_a_described_schema_that_matches_its_table():
+    from sigma_assets.data.problems import RAW_PROBLEMS_COLUMNS
+    from sigma_assets.method.mcts import TREE_COLUMNS
+    from sigma_assets.method.refinement import CRITIQUE_COLUMNS, REFINED_COLUMNS
+    from sigma_assets.method.siblings import SIBLING_COLUMNS
+
+    tables = {
+        "raw_problems": RAW_PROBLEMS_COLUMNS,
+        "mcts_trees": TREE_COLUMNS,
+        "sibling_sets": SIBLING_COLUMNS,
+        "critiques": CRITIQUE_COLUMNS,
+        "refined_paths": REFINED_COLUMNS,
+    }
+    graph = defs.resolve_asset_graph()
+    for name, table in tables.items():
+        schema = graph.get(dg.AssetKey(name)).metadata["dagster/column_schema"]
+        assert [c.name for c in schema.columns] == list(table)
+        assert all(c.description and len(c.description) > 10 for c in schema.columns), name

@@ -22,6 +22,7 @@ import polars as pl
 from upath import UPath
 
 from sigma_assets.data.arithmetic import arithmetic_problems
+from sigma_assets.data.tables import Column, Table, polars_schema
 from sigma_assets.method.gold_answers import gradeable_golds, normalize_gold
 from sigma_assets.method.grading import AnswerChecker, extract_boxed
 
@@ -374,12 +375,15 @@ def problems_frame(problems: Iterable[Problem], shard_of: Any) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=RAW_PROBLEMS_SCHEMA)
 
 
-RAW_PROBLEMS_SCHEMA = {
-    "problem_id": pl.String,
-    "shard": pl.String,
-    "source": pl.String,
-    "problem": pl.String,
-    "answer": pl.String,
-    "level": pl.String,
-    "subject": pl.String,
+RAW_PROBLEMS_COLUMNS: Table = {
+    "problem_id": Column(pl.String, "Stable id: the source's own, or the source name and row."),
+    "shard": Column(pl.String, "The problem's shard: a stable hash of its id."),
+    "source": Column(pl.String, "Where the problem came from (bundled set or file)."),
+    "problem": Column(pl.String, "The problem statement."),
+    "answer": Column(
+        pl.String, "The gold answer, normalised and checked gradeable (alternatives: 'or equivalently')."
+    ),
+    "level": Column(pl.String, "Difficulty, where the source gives one."),
+    "subject": Column(pl.String, "Subject, where the source gives one."),
 }
+RAW_PROBLEMS_SCHEMA = polars_schema(RAW_PROBLEMS_COLUMNS)

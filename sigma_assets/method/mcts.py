@@ -37,6 +37,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import polars as pl
+
+from sigma_assets.data.tables import Column, Table
 from sigma_assets.llm.generation import GenerationRequest, Sample, SamplingParams
 from sigma_assets.method.grading import final_answer, repeated_line
 
@@ -466,6 +469,35 @@ SELECTION_RULE = "correct terminal leaf with the highest mean Q over its path's 
 
 
 # --- storage: one row per node --------------------------------------------------------------------
+
+
+TREE_COLUMNS: Table = {
+    "problem_id": Column(pl.String, "The problem this tree searched."),
+    "node_id": Column(pl.String, "Dotted path from the root: 0.2.1 is child 1 of child 2 of the root."),
+    "parent_id": Column(pl.String, "The parent's node_id (null for the root)."),
+    "depth": Column(pl.Int64, "Steps from the root (the root holds no step)."),
+    "step": Column(pl.String, "One reasoning step: the policy's text up to the step delimiter."),
+    "visits": Column(pl.Int64, "Times the search backed a value up through this node."),
+    "value": Column(pl.Float64, "Sum of the values backed up through this node."),
+    "q": Column(pl.Float64, "value / visits, from -1 to +1."),
+    "terminal": Column(pl.Boolean, "No children will be grown: an answer, an unfinished end, or a limit."),
+    "terminal_reason": Column(
+        pl.String,
+        "Why it is terminal (answer, runs_on, repetition, end_of_text, token_limit, ...); null if open.",
+    ),
+    "answer": Column(
+        pl.String, "The explicit final answer the step states (boxed or 'The answer is'); null otherwise."
+    ),
+    "correct": Column(pl.Boolean, "Terminal only: the answer equals the gold one (math-verify, gold first)."),
+    "rollout_answer": Column(
+        pl.String, "Explicit answer of the rollout that valued this node when it was new; null if none."
+    ),
+    "rollout_correct": Column(pl.Boolean, "Whether that rollout's answer equals the gold one."),
+    "samples": Column(
+        pl.Int64, "Sampled steps merged into this node (identical after whitespace normalisation)."
+    ),
+    "on_selected_path": Column(pl.Boolean, "On the path from the root to the selected correct leaf."),
+}
 
 
 def tree_rows(tree: Tree) -> list[dict[str, Any]]:

@@ -32,6 +32,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol, TypeVar
 
+import polars as pl
+
+from sigma_assets.data.tables import Column, Table
 from sigma_assets.llm.client import RequestFailed
 from sigma_assets.llm.generation import GenerationRequest, Sample, SamplingParams, user
 from sigma_assets.method.grading import FinalAnswer, final_answer
@@ -203,6 +206,47 @@ class RefinedPath:
         for name in ("original_steps", "refined_steps", "response_keys"):
             row[name] = list(row[name])
         return row
+
+
+CRITIQUE_COLUMNS: Table = {
+    "problem_id": Column(pl.String, "The problem."),
+    "depth": Column(pl.Int64, "The depth of the selected path this feedback is for."),
+    "feedback": Column(pl.String, "The critic's feedback on the selected step against its siblings."),
+    "generic": Column(
+        pl.Boolean,
+        "No depth-specific content, or an echo of the instructions: never shown to a revision.",
+    ),
+    "mode": Column(pl.String, "path, step, or step-fallback (a path critique that never validated)."),
+    "calls": Column(pl.Int64, "Critic requests booked on this row (a call's cost is on its first row)."),
+    "prompt_tokens": Column(pl.Int64, "Prompt tokens of those requests."),
+    "completion_tokens": Column(pl.Int64, "Completion tokens of those requests."),
+    "response_keys": Column(pl.List(pl.String), "Response-store keys of those requests."),
+    "critic_model": Column(pl.String, "The critic model."),
+}
+
+
+REFINED_COLUMNS: Table = {
+    "problem_id": Column(pl.String, "The problem."),
+    "original_steps": Column(pl.List(pl.String), "The selected path as the search found it."),
+    "refined_steps": Column(pl.List(pl.String), "The revised path; the original path again after drift."),
+    "final_answer": Column(pl.String, "The explicit answer that closes the refined path."),
+    "correct": Column(pl.Boolean, "final_answer equals the gold answer."),
+    "drift": Column(pl.Boolean, "Every revision attempt was rejected, so the original path was kept."),
+    "rejected_revision": Column(
+        pl.String, "Why the last revision was rejected: wrong_answer, no_answer, runs_on, repetition."
+    ),
+    "regurgitation": Column(pl.Boolean, "The accepted revision equals the original, whitespace aside."),
+    "generic_feedback": Column(pl.Boolean, "Any depth's feedback was generic."),
+    "generic_depths": Column(pl.Int64, "How many depths had generic feedback."),
+    "critique_mode": Column(pl.String, "path, step or step-fallback."),
+    "revision_mode": Column(pl.String, "path, step or step-fallback."),
+    "revision_attempts": Column(pl.Int64, "1 + drift retries spent."),
+    "calls": Column(pl.Int64, "Critic requests for this problem, critique and revision together."),
+    "prompt_tokens": Column(pl.Int64, "Their prompt tokens."),
+    "completion_tokens": Column(pl.Int64, "Their completion tokens."),
+    "response_keys": Column(pl.List(pl.String), "Their response-store keys."),
+    "critic_model": Column(pl.String, "The critic model."),
+}
 
 
 # ---------------------------------------------------------------------------------------------------------

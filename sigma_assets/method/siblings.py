@@ -14,6 +14,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import polars as pl
+
+from sigma_assets.data.tables import Column, Table
 from sigma_assets.method.mcts import Node, Tree, node_id_key, selected_path, trees_from_rows
 
 
@@ -75,6 +78,30 @@ class SiblingSet:
             selected_visits=row["selected_visits"],
             siblings=siblings,
         )
+
+
+_OUTCOME = pl.Struct(
+    {"leaf_id": pl.String, "answer": pl.String, "correct": pl.Boolean, "terminal": pl.Boolean}
+)
+_SIBLING = pl.Struct(
+    {"node_id": pl.String, "step": pl.String, "q": pl.Float64, "visits": pl.Int64, "outcome": _OUTCOME}
+)
+SIBLING_COLUMNS: Table = {
+    "problem_id": Column(pl.String, "The problem."),
+    "depth": Column(pl.Int64, "Depth of the selected step on the selected path (1 = first step)."),
+    "history": Column(
+        pl.List(pl.String),
+        "The selected steps before this depth, shared with the siblings.",
+    ),
+    "selected_node_id": Column(pl.String, "The selected step's node."),
+    "selected_step": Column(pl.String, "The selected step's text."),
+    "selected_q": Column(pl.Float64, "The selected step's Q."),
+    "selected_visits": Column(pl.Int64, "The selected step's visits."),
+    "siblings": Column(
+        pl.List(_SIBLING),
+        "Other children of the parent: step, Q, visits, outcome of the best continuation.",
+    ),
+}
 
 
 def _leaves(node: Node) -> list[Node]:

@@ -6,8 +6,15 @@ from collections.abc import Iterator
 import dagster as dg
 import polars as pl
 
-from sigma_assets.data.problems import RAW_PROBLEMS_SCHEMA, SkippedRow, keep_gradeable, problems_frame
+from sigma_assets.data.problems import (
+    RAW_PROBLEMS_COLUMNS,
+    RAW_PROBLEMS_SCHEMA,
+    SkippedRow,
+    keep_gradeable,
+    problems_frame,
+)
 from sigma_assets.data.shards import shard_of
+from sigma_assets.defs.shared.metadata import column_schema
 from sigma_assets.defs.shared.partitions import SHARDS, shard_asset
 from sigma_assets.defs.shared.resources import ProblemsResource, StorageResource
 from sigma_assets.method.gold_answers import reason_category
@@ -29,6 +36,7 @@ class RawProblemsConfig(dg.Config):
 
 @shard_asset(
     description="Math problems whose gold answers can grade a prediction, one shard per partition.",
+    metadata=column_schema(RAW_PROBLEMS_COLUMNS),
     check_specs=[
         dg.AssetCheckSpec(
             SKIPPED_SHARE_CHECK,

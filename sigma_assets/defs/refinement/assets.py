@@ -5,7 +5,9 @@ from collections.abc import Callable
 import dagster as dg
 import polars as pl
 
+from sigma_assets.data.tables import polars_schema
 from sigma_assets.defs.shared.config import config_from_settings, settings_from_config
+from sigma_assets.defs.shared.metadata import column_schema
 from sigma_assets.defs.shared.partitions import (
     SAME_SHARD,
     SETTINGS,
@@ -21,6 +23,8 @@ from sigma_assets.llm.response_store import sample_key
 from sigma_assets.method.budgets import refinement_budget
 from sigma_assets.method.grading import AnswerChecker
 from sigma_assets.method.refinement import (
+    CRITIQUE_COLUMNS,
+    REFINED_COLUMNS,
     CritiqueRow,
     ProblemPaths,
     RefinementSettings,
@@ -30,40 +34,6 @@ from sigma_assets.method.refinement import (
     revise,
 )
 from sigma_assets.method.siblings import SiblingSet
-
-CRITIQUE_SCHEMA = {
-    "problem_id": pl.String,
-    "depth": pl.Int64,
-    "feedback": pl.String,
-    "generic": pl.Boolean,
-    "mode": pl.String,
-    "calls": pl.Int64,
-    "prompt_tokens": pl.Int64,
-    "completion_tokens": pl.Int64,
-    "response_keys": pl.List(pl.String),
-    "critic_model": pl.String,
-}
-REFINED_SCHEMA = {
-    "problem_id": pl.String,
-    "original_steps": pl.List(pl.String),
-    "refined_steps": pl.List(pl.String),
-    "final_answer": pl.String,
-    "correct": pl.Boolean,
-    "drift": pl.Boolean,
-    "rejected_revision": pl.String,
-    "regurgitation": pl.Boolean,
-    "generic_feedback": pl.Boolean,
-    "generic_depths": pl.Int64,
-    "critique_mode": pl.String,
-    "revision_mode": pl.String,
-    "revision_attempts": pl.Int64,
-    "calls": pl.Int64,
-    "prompt_tokens": pl.Int64,
-    "completion_tokens": pl.Int64,
-    "response_keys": pl.List(pl.String),
-    "critic_model": pl.String,
-}
-
 
 # Every field of RefinementSettings, with the defaults of the budget that fits the configured critic.
 RefinementConfig = config_from_settings(
@@ -115,6 +85,7 @@ def _per_problem(
     retry_policy=SHARD_RETRY,
     pool="llm_critic",
     ins={"raw_problems": dg.AssetIn(partition_mapping=SAME_SHARD), "sibling_sets": dg.AssetIn()},
+    metadata=column_schema(CRITIQUE_COLUMNS),
     description="Per (problem, depth) of each selected path: the critic's feedback against the siblings.",
 )
 def critiques(
@@ -133,7 +104,8 @@ def critiques(
         )
         usage = client.usage
     frame = pl.DataFrame(
-        [row.to_row() | {"critic_model": critic.model} for row in rows], schema=CRITIQUE_SCHEMA
+        [row.to_row() | {"critic_model": critic.model} for row in rows],
+        schema=polars_schema(CRITIQUE_COLUMNS),
     )
     fallback = frame.filter(pl.col("mode") == "step-fallback")["problem_id"].n_unique()
     context.add_output_metadata(
@@ -158,6 +130,7 @@ def critiques(
         "sibling_sets": dg.AssetIn(),
         "critiques": dg.AssetIn(),
     },
+    metadata=column_schema(REFINED_COLUMNS),
     description="Per problem: the selected path revised with its feedback, guarded against drift.",
 )
 def refined_paths(
@@ -183,7 +156,7 @@ def refined_paths(
         )
         usage = client.usage
     frame = pl.DataFrame(
-        [r.to_row() | {"critic_model": critic.model} for r in refined], schema=REFINED_SCHEMA
+        [r.to_row() | {"critic_model": critic.model} for r in refined], schema=polars_schema(REFINED_COLUMNS)
     )
     rates = {
         f"{flag}_rate": round(float(frame[flag].mean() or 0.0), 4)

@@ -7,7 +7,9 @@ from dataclasses import asdict
 import dagster as dg
 import polars as pl
 
+from sigma_assets.data.tables import polars_schema
 from sigma_assets.defs.shared.config import config_from_settings, settings_from_config
+from sigma_assets.defs.shared.metadata import column_schema
 from sigma_assets.defs.shared.partitions import (
     SAME_SHARD,
     SETTINGS,
@@ -21,6 +23,7 @@ from sigma_assets.method.budgets import search_budget
 from sigma_assets.method.grading import AnswerChecker
 from sigma_assets.method.mcts import (
     SELECTION_RULE,
+    TREE_COLUMNS,
     MCTSSettings,
     render_tree_markdown,
     run_search,
@@ -28,44 +31,8 @@ from sigma_assets.method.mcts import (
     tree_rows,
     trees_from_rows,
 )
-from sigma_assets.method.siblings import exploration_stats
+from sigma_assets.method.siblings import SIBLING_COLUMNS, exploration_stats
 from sigma_assets.method.siblings import sibling_sets as siblings_of
-
-TREE_SCHEMA = {
-    "problem_id": pl.String,
-    "node_id": pl.String,
-    "parent_id": pl.String,
-    "depth": pl.Int64,
-    "step": pl.String,
-    "visits": pl.Int64,
-    "value": pl.Float64,
-    "q": pl.Float64,
-    "terminal": pl.Boolean,
-    "terminal_reason": pl.String,
-    "answer": pl.String,
-    "correct": pl.Boolean,
-    "rollout_answer": pl.String,
-    "rollout_correct": pl.Boolean,
-    "samples": pl.Int64,
-    "on_selected_path": pl.Boolean,
-}
-_OUTCOME = pl.Struct(
-    {"leaf_id": pl.String, "answer": pl.String, "correct": pl.Boolean, "terminal": pl.Boolean}
-)
-_SIBLING = pl.Struct(
-    {"node_id": pl.String, "step": pl.String, "q": pl.Float64, "visits": pl.Int64, "outcome": _OUTCOME}
-)
-SIBLING_SCHEMA = {
-    "problem_id": pl.String,
-    "depth": pl.Int64,
-    "history": pl.List(pl.String),
-    "selected_node_id": pl.String,
-    "selected_step": pl.String,
-    "selected_q": pl.Float64,
-    "selected_visits": pl.Int64,
-    "siblings": pl.List(_SIBLING),
-}
-
 
 # The Launchpad's search settings: every field of MCTSSettings but the temperature (the partition's),
 # with the defaults of the budget that fits the configured policy model, however a run starts.
@@ -82,6 +49,7 @@ SearchConfig = config_from_settings(
     retry_policy=SHARD_RETRY,
     pool="llm_policy",
     ins={"raw_problems": dg.AssetIn(partition_mapping=SAME_SHARD)},
+    metadata=column_schema(TREE_COLUMNS),
     description="One row per MCTS node: every problem of the shard searched at the partition's temperature.",
 )
 def mcts_trees(
@@ -100,7 +68,9 @@ def mcts_trees(
     ):
         result = run_search(problems, client.generate, checker.check_many, settings)
         usage, timeouts = client.usage, checker.timeouts
-    frame = pl.DataFrame([row for tree in result.trees for row in tree_rows(tree)], schema=TREE_SCHEMA)
+    frame = pl.DataFrame(
+        [row for tree in result.trees for row in tree_rows(tree)], schema=polars_schema(TREE_COLUMNS)
+    )
     solved = [tree for tree in result.trees if selected_path(tree) is not None]
     preview_tree = solved[0] if solved else (result.trees[0] if result.trees else None)
     steps = frame.filter(pl.col("depth") > 0)
@@ -138,12 +108,13 @@ def mcts_trees(
 
 
 @search_asset(
+    metadata=column_schema(SIBLING_COLUMNS),
     description="Per depth of each selected path: the shared history, the selected step and its siblings.",
 )
 def sibling_sets(context: dg.AssetExecutionContext, mcts_trees: pl.DataFrame) -> pl.DataFrame:
     trees = trees_from_rows(mcts_trees.to_dicts())
     records = [s for tree in trees for s in siblings_of(tree)]
-    frame = pl.DataFrame([s.to_row() for s in records], schema=SIBLING_SCHEMA)
+    frame = pl.DataFrame([s.to_row() for s in records], schema=polars_schema(SIBLING_COLUMNS))
     unsolved = sorted({tree.problem_id for tree in trees} - set(frame["problem_id"].to_list()))
     if unsolved:
         context.log.info(f"{len(unsolved)} problems reached no correct leaf and yield no sample: {unsolved}")
