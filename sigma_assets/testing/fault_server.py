@@ -429,8 +429,7 @@ class FaultServer:
     def config(self) -> FaultConfig:
         return self._state.config
 
-    def set_responder(self, responder: Responder | None) -> None:
-        def apply() -> None:
+    def apply() -> None:
             self._state.responder = responder or default_text
 
         self._call(apply)
