@@ -429,11 +429,6 @@ class FaultServer:
     def config(self) -> FaultConfig:
         return self._state.config
 
-    def apply() -> None:
-            self._state.responder = responder or default_text
-
-        self._call(apply)
-
     def stop(self) -> None:
         thread, loop, stopped = self._thread, self._loop, self._stopped
         if thread is None:
