@@ -7,7 +7,7 @@ from contextlib import contextmanager
 
 import dagster as dg
 
-from sigma_assets.llm_client import LLMClient, RetrySettings
+from sigma_assets.llm_client import LLMClient, RequestFailed, RetrySettings
 from sigma_assets.models import build_backend
 from sigma_assets.problems import ColumnNames, LoadedProblems, load_problems
 from sigma_assets.response_store import ResponseStore
@@ -75,6 +75,10 @@ class LLMResource(dg.ConfigurableResource):
         )
         try:
             yield client
+        except RequestFailed as exc:
+            # Its retry budget is spent: the step's RetryPolicy may rerun the shard only when a lost
+            # connection may have healed; anything else would fail the same way and pay again.
+            raise dg.Failure(description=str(exc), allow_retries=exc.heals) from exc
         finally:
             client.close()
         # Many small segments slow the next load; one merged segment per namespace keeps it quick.

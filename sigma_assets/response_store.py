@@ -51,6 +51,14 @@ def sample_key(backend: str, endpoint: str, model: str, request: GenerationReque
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
+def attempt_key(key: str, attempt: int) -> str:
+    """The key of attempt `attempt` (1-based) of the sample keyed `key`: attempt 1 keeps the sample key, so
+    stores written before attempts were numbered still answer; later attempts are other requests."""
+    if attempt == 1:
+        return key
+    return hashlib.sha256(f"{key}/attempt/{attempt}".encode()).hexdigest()
+
+
 class ResponseStore:
     """Key → sample, loaded from all segments of a namespace; `put_many` returns once its samples are durable.
 

@@ -86,26 +86,28 @@ def _per_problem(
 ) -> list:
     """Run `stage` on all problems; if calls fail for good, find which problems failed and why.
 
-    Every response that did arrive is already in the store, so the per-problem pass costs only the
-    failing calls again, and a retried run pays only for those.
+    The per-problem pass sends nothing that was already sent: answers come from the store and failed
+    requests from the client's failure memory (one retry budget). Only a lost connection may heal, so
+    only then may the step's RetryPolicy run the shard again.
     """
     try:
         return stage(problems)
     except RequestFailed:
         pass
-    failures: dict[str, str] = {}
+    failures: dict[str, RequestFailed] = {}
     results: list = []
     for problem in problems:
         try:
             results += stage([problem])
         except RequestFailed as exc:
-            failures[problem.problem_id] = exc.reason
-    if not failures:  # the failure was passing: every problem went through on its own
+            failures[problem.problem_id] = exc
+    if not failures:  # unreachable with one budget, but a problem that went through alone is kept
         return results
-    listing = "; ".join(f"{pid}: {reason}" for pid, reason in failures.items())
+    listing = "; ".join(f"{pid}: {exc.reason}" for pid, exc in failures.items())
     raise dg.Failure(
         description=f"{what} failed for {len(failures)} of {len(problems)} problems: {listing}",
-        metadata={"failed_problems": dg.MetadataValue.json(failures)},
+        metadata={"failed_problems": dg.MetadataValue.json({p: e.reason for p, e in failures.items()})},
+        allow_retries=all(exc.heals for exc in failures.values()),
     )
 
 
