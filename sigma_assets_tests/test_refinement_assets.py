@@ -60,9 +60,7 @@ def policy_of(server: FaultServer) -> LLMResource:
     return LLMResource(backend="openai", model="scripted-policy", base_url=server.base_url)
 
 
-def run(
-    settings, policy, critic, key, instance=None, assets=FULL_SHARD, raise_on_error=True, selection=None
-):
+def run(settings, policy, critic, key, instance=None, assets=FULL_SHARD, raise_on_error=True, selection=None):
     return dg.materialize(
         assets,
         selection=selection,
