@@ -237,6 +237,8 @@ class LLMClient:
                 self._limiter.limit = previous.limit
             self._limiter_loop = loop
         backend = self.backend
+        if self.store is not None:
+            self.store.warm_up()
         results: list[list[Sample | None]] = []
         units: list[_Unit] = []
         failures: list[tuple[int, RequestFailed]] = []  # (position, failure) known without sending

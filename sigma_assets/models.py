@@ -31,6 +31,7 @@ def build_backend(
     api_key: str | None = None,
     device: str = "auto",
     max_batch: int = 64,
+    http_transport: str = "aiohttp",
 ) -> Backend:
     if backend == "transformers":
         from sigma_assets.backends.hf_local import TransformersBackend
@@ -41,7 +42,7 @@ def build_backend(
     if backend == "openai":
         from sigma_assets.backends.openai_compat import OpenAIBackend
 
-        return OpenAIBackend(model, base_url=base_url, api_key=api_key)
+        return OpenAIBackend(model, base_url=base_url, api_key=api_key, transport=http_transport)
     if backend == "vllm":
         from sigma_assets.backends.vllm_engine import VLLMBackend
 

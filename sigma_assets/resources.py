@@ -62,10 +62,18 @@ class LLMResource(dg.ConfigurableResource):
     max_attempts: int = 6
     timeout_s: float = 600.0
     device: str = "auto"
+    http_transport: str = "aiohttp"  # the openai SDK's transport: "aiohttp" (fast) or "httpx"
 
     @contextmanager
     def client(self, storage: StorageRoot, namespace: str) -> Iterator[LLMClient]:
-        backend = build_backend(self.backend, self.model, self.base_url, self.api_key, self.device)
+        backend = build_backend(
+            self.backend,
+            self.model,
+            self.base_url,
+            self.api_key,
+            self.device,
+            http_transport=self.http_transport,
+        )
         store = ResponseStore(storage.path(), namespace).load()
         client = LLMClient(
             backend,

@@ -87,6 +87,7 @@ class ResponseStore:
         self._latency_ewma_s = 0.0
         self._async_fs: Any = None  # an async fsspec filesystem bound to `_async_loop`
         self._async_loop: asyncio.AbstractEventLoop | None = None
+        self._session: asyncio.Task[Any] | None = None
         self.segments_written = 0
         self.loaded_segments = 0
 
@@ -194,9 +195,20 @@ class ResponseStore:
         name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:12]}{SEGMENT_SUFFIX}"
         return self.directory / name, _encode_segment(items)
 
+    def warm_up(self) -> None:
+        """Open the object-store session in the background now, while the first requests are out: the
+        first segment write then does not pay the set-up (hundreds of ms) on top of its requests."""
+        fs = self._loop_fs()
+        if fs is not None and self._session is None and hasattr(fs, "set_session"):
+            self._session = asyncio.get_running_loop().create_task(fs.set_session())
+
     async def _write_segment_async(self, items: list[tuple[str, Sample]]) -> None:
         path, data = self._new_segment(items)
         fs = self._loop_fs()
+        if self._session is not None:
+            session, self._session = self._session, None
+            with contextlib.suppress(Exception):  # a failed set-up is retried by the write itself
+                await session
         if fs is None:
             await asyncio.to_thread(write_atomic, path, data)
         else:
@@ -214,6 +226,7 @@ class ResponseStore:
                 **fs.storage_options, asynchronous=True, loop=loop, skip_instance_cache=True
             )
             self._async_loop = loop
+            self._session = None
         return self._async_fs
 
     def _write_segment(self, items: list[tuple[str, Sample]]) -> None:
@@ -228,6 +241,10 @@ class ResponseStore:
             if self._flusher is not None and not self._flusher.done():
                 waiting.append(self._flusher)
             await asyncio.wait(waiting)
+        session, self._session = self._session, None
+        if session is not None:
+            with contextlib.suppress(Exception):
+                await session
         fs, self._async_fs, self._async_loop = self._async_fs, None, None
         creator = getattr(fs, "_s3creator", None)
         if creator is not None and hasattr(creator, "__aexit__"):

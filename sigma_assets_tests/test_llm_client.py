@@ -413,6 +413,19 @@ def test_a_crash_pays_at_most_the_in_flight_requests_twice(tmp_path: Path) -> No
 # -- backends -----------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+def test_both_sdk_transports(transport: str, server: FaultServer) -> None:
+    server.configure(fail_requests={1: "500"})
+    backend = backend_for(server, transport=transport)
+    with LLMClient(backend, retry=FAST) as client:
+        rows = client.generate([chat(f"{transport} {i}") for i in range(4)])
+        assert backend._client is not None
+        assert ("aiohttp" in type(backend._client._client).__name__.lower()) == (transport == "aiohttp")
+    assert [len(row) for row in rows] == [1, 1, 1, 1] and total(server) == 5
+    with pytest.raises(ValueError, match="transport"):
+        backend_for(server, transport="carrier-pigeon")
+
+
 def test_openai_native_n_and_emulated_n(tmp_path: Path) -> None:
     for chat_kind in (True, False):
         params = SamplingParams(n=3, temperature=1.0, seed=7)
