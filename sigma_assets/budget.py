@@ -27,7 +27,7 @@ class BudgetExceeded(RuntimeError):
     """The projected spend of a stage is over the cap (SIGMA_MAX_USD_PER_RUN)."""
 
 
-class _Planned(Exception):  # noqa: N818 - not an error: the stop signal of a dry run
+class _Planned(Exception):  # not an error: the stop signal of a dry run
     def __init__(self, requests: Sequence[GenerationRequest]):
         super().__init__("planned")
         self.requests = list(requests)

@@ -28,7 +28,6 @@ from sigma_assets.llm_client import (
     ServerError,
 )
 
-
 try:  # the SDK's HTTP library: httpx2 from openai 3 on, httpx before
     import httpx2 as sdk_http
 except ImportError:  # pragma: no cover - older SDKs
