@@ -52,6 +52,7 @@ def build_resources(settings: Settings) -> dict[str, Any]:
             model=settings.policy_model,
             base_url=settings.policy_base_url,
             api_key=_secret("SIGMA_POLICY_API_KEY"),
+            max_usd_per_run=settings.max_usd_per_run,
         ),
         "critic": LLMResource(
             backend=settings.critic_backend,
@@ -59,6 +60,7 @@ def build_resources(settings: Settings) -> dict[str, Any]:
             base_url=settings.critic_base_url,
             api_key=_secret("OPENAI_API_KEY"),
             concurrency=settings.critic_concurrency,
+            max_usd_per_run=settings.max_usd_per_run,
         ),
     }
 

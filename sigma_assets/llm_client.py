@@ -182,6 +182,11 @@ class LLMClient:
         # Sample key -> its failure: a request that failed for good is never sent again by this client,
         # whichever layer asks (the per-job resend, the per-problem diagnosis).
         self.failed: dict[str, RequestFailed] = {}
+        if store is not None:
+            stored = store.samples()
+            self.usage.spent_before_usd = self.usage.price(
+                sum(s.prompt_tokens for s in stored), sum(s.completion_tokens for s in stored)
+            )
         self._limiter: AdaptiveLimiter | None = None
         self._limiter_loop: asyncio.AbstractEventLoop | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -291,6 +296,23 @@ class LLMClient:
             results[position][index] = generated[key]
         return [[sample for sample in row if sample is not None] for row in results]
 
+    def unanswered(self, requests: Sequence[GenerationRequest]) -> list[GenerationRequest]:
+        """The requests some sample of which the store cannot answer (what a call would still send)."""
+        backend = self.backend
+        return [
+            request
+            for request in requests
+            if any(
+                self._stored(sample_key(backend.name, backend.endpoint, backend.model, request, i), None)[0]
+                is None
+                for i in range(request.params.n)
+            )
+        ]
+
+    def stored_completion_tokens(self) -> list[int]:
+        """Completion tokens of every answer stored for this role and shard: the running mean's data."""
+        return [s.completion_tokens for s in self.store.samples()] if self.store is not None else []
+
     def _stored(self, key: str, validate: Validator | None) -> tuple[Sample | None, int, str | None]:
         """The first stored attempt the validator accepts, else the attempt to send next (and why the
         last stored one was rejected). The current validator decides, so a looser one reuses answers."""
@@ -355,6 +377,7 @@ class LLMClient:
                             unit.kind = "invalid"
                     if rejected:
                         self.usage.fault("invalid")
+                        self.usage.rejected += len(rejected)
                         unit.todo, unit.attempt = rejected, unit.attempt + 1
                         still.append(unit)
                 if self.store is not None:

@@ -63,6 +63,7 @@ class LLMResource(dg.ConfigurableResource):
     timeout_s: float = 600.0
     device: str = "auto"
     http_transport: str = "aiohttp"  # the openai SDK's transport: "aiohttp" (fast) or "httpx"
+    max_usd_per_run: float | None = None  # SIGMA_MAX_USD_PER_RUN: a stage projected over it refuses to start
 
     @contextmanager
     def client(self, storage: StorageRoot, namespace: str) -> Iterator[LLMClient]:

@@ -121,6 +121,10 @@ class ResponseStore:
     def get(self, key: str) -> Sample | None:
         return self._records.get(key)
 
+    def samples(self) -> list[Sample]:
+        """Every stored answer, rejected ones included (each was paid for)."""
+        return list(self._records.values())
+
     def __len__(self) -> int:
         return len(self._records)
 

@@ -38,6 +38,7 @@ class Settings:
     critic_concurrency: int
     aws_endpoint_url: str | None
     aws_region: str | None
+    max_usd_per_run: float | None = None  # None: no cap
 
     @property
     def is_s3(self) -> bool:
@@ -84,6 +85,7 @@ class Settings:
             critic_concurrency=_positive_int(env, "SIGMA_CRITIC_CONCURRENCY", 16),
             aws_endpoint_url=get("AWS_ENDPOINT_URL"),
             aws_region=get("AWS_REGION"),
+            max_usd_per_run=_positive_float(env, "SIGMA_MAX_USD_PER_RUN"),
         )
 
 
@@ -104,4 +106,17 @@ def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
         raise SettingsError(f"{name}={raw!r}: expected a positive integer") from None
     if value < 1:
         raise SettingsError(f"{name}={raw!r}: expected a positive integer")
+    return value
+
+
+def _positive_float(env: Mapping[str, str], name: str) -> float | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r}: expected a positive number of US dollars") from None
+    if not value > 0:
+        raise SettingsError(f"{name}={raw!r}: expected a positive number of US dollars (unset: no cap)")
     return value

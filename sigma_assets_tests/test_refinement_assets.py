@@ -7,8 +7,10 @@ import re
 
 import dagster as dg
 import polars as pl
+import pytest
 from upath import UPath
 
+from sigma_assets.accounting import price_of
 from sigma_assets.assets.problems import raw_problems
 from sigma_assets.assets.refinement import (
     critiques,
@@ -212,7 +214,46 @@ def test_rejected_answers_are_kept_and_a_rerun_sends_nothing(tmp_path):
         rejected = [s for s in store._records.values() if s.rejected]
         assert len(rejected) == 2 * problems and all("validation" not in s.text for s in rejected)
 
+        first_meta = first.asset_materializations_for_node("critiques")[0].metadata
+        assert first_meta["critic_projected_requests"].value == problems
+        assert first_meta["critic_rejected"].value == problems
+
         again = run(settings, policy, critic, key, instance, selection=[critiques, refined_paths])
         assert again.success
         assert critic_server.stats()["requests"]["/v1/chat/completions"] == sent  # not one request more
         assert again.output_for_node("refined_paths").equals(refined)
+        meta = again.asset_materializations_for_node("refined_paths")[0].metadata
+        assert meta["critic_projected_requests"].value == 0 and meta["critic_projected_usd"].value == 0
+        # Spend so far counts every paid answer of the shard, rejected ones included.
+        paid = (
+            sum(s.prompt_tokens for s in store.samples()),
+            sum(s.completion_tokens for s in store.samples()),
+        )
+        prompt_price, completion_price = price_of("gpt-4o-mini")
+        spent = (paid[0] * prompt_price + paid[1] * completion_price) / 1e6
+        assert meta["critic_spent_usd_so_far"].value == pytest.approx(spent, abs=1e-6) and spent > 0
+
+
+def test_the_budget_guard_refuses_before_any_request(tmp_path):
+    settings = Settings.from_env(
+        {"SIGMA_STORAGE_URL": str(tmp_path / "store"), "SIGMA_MAX_USD_PER_RUN": "0.00001"}
+    )
+    key = shard_with_problems(settings)
+    with (
+        FaultServer(responder=arithmetic_policy) as policy_server,
+        FaultServer(responder=scripted_critic) as critic_server,
+    ):
+        policy = policy_of(policy_server)
+        critic = LLMResource(
+            backend="openai",
+            model="gpt-4o-mini",
+            base_url=critic_server.base_url,
+            max_usd_per_run=settings.max_usd_per_run,
+        )
+        assert critic.max_usd_per_run == 0.00001
+        result = run(settings, policy, critic, key, assets=UP_TO_CRITIQUES, raise_on_error=False)
+        assert critic_server.stats()["total"] == 0  # refused before sending anything
+    assert not result.success and not step_events(result, "STEP_UP_FOR_RETRY")
+    message = str(step_events(result, "STEP_FAILURE")[0].event_specific_data.error)
+    assert "refusing to start" in message and "over the cap SIGMA_MAX_USD_PER_RUN=$1e-05" in message
+    assert re.search(r"\$\d+\.\d{4} over the cap", message)

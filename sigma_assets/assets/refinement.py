@@ -6,6 +6,7 @@ import dagster as dg
 import polars as pl
 
 from sigma_assets.assets.partitions import SHARD_RETRY, SHARDS, shard_asset
+from sigma_assets.assets.spend import guard_spend
 from sigma_assets.generation import GenerationRequest
 from sigma_assets.grading import AnswerChecker
 from sigma_assets.llm_client import LLMClient, RequestFailed
@@ -127,6 +128,9 @@ def critiques(
     problems = _problems(raw_problems, sibling_sets)
     settings = config.to_settings()
     with critic.client(storage.root(), f"critic/{context.partition_key}") as client:
+        projected = guard_spend(
+            context, client, lambda g: critique(problems, g, settings), critic.max_usd_per_run, "critic_"
+        )
         rows: list[CritiqueRow] = _per_problem(
             problems, lambda ps: critique(ps, client.generate, settings, _key_of(client)), "critique"
         )
@@ -143,6 +147,7 @@ def critiques(
             "step_fallback_problems": fallback,
             "calls_per_problem": round(usage.requests / len(problems), 3) if problems else 0.0,
             **usage.as_metadata("critic_"),
+            **projected,
             "mode": config.mode,
         }
     )
@@ -170,6 +175,16 @@ def refined_paths(
         critic.client(storage.root(), f"critic/{context.partition_key}") as client,
         AnswerChecker() as checker,
     ):
+        # Step mode revises depth by depth: only depth 1 can be planned, the rest is scaled from it.
+        depths = sum(len(p.sibling_sets) for p in problems) if settings.mode == "step" else None
+        projected = guard_spend(
+            context,
+            client,
+            lambda g: revise(problems, feedback, g, checker.check_many, settings),
+            critic.max_usd_per_run,
+            "critic_",
+            scale_to=depths,
+        )
         refined = _per_problem(
             problems,
             lambda ps: revise(ps, feedback, client.generate, checker.check_many, settings, _key_of(client)),
@@ -197,6 +212,7 @@ def refined_paths(
                 float((frame["prompt_tokens"] + frame["completion_tokens"]).mean() or 0.0), 1
             ),
             **usage.as_metadata("critic_"),
+            **projected,
             "preview": dg.MetadataValue.md(preview),
         }
     )
