@@ -27,26 +27,34 @@ class BudgetExceeded(RuntimeError):
     """The projected spend of a stage is over the cap (SIGMA_MAX_USD_PER_RUN)."""
 
 
+@dataclass(frozen=True)
+class PlannedCall:
+    """The first `generate` call of a stage: its requests and the validator it would pass."""
+
+    requests: list[GenerationRequest]
+    validate: Any = None
+
+
 class _Planned(Exception):  # not an error: the stop signal of a dry run
-    def __init__(self, requests: Sequence[GenerationRequest]):
+    def __init__(self, call: PlannedCall):
         super().__init__("planned")
-        self.requests = list(requests)
+        self.call = call
 
 
-def plan_first_call(stage: Callable[[Callable[..., Any]], Any]) -> list[GenerationRequest]:
-    """The requests of the first `generate` call `stage` makes, without sending any.
+def plan_first_call(stage: Callable[[Callable[..., Any]], Any]) -> PlannedCall:
+    """The first `generate` call `stage` makes, without sending anything.
 
     `stage(generate)` runs the stage with the given generate function; it stops at its first call.
     """
 
     def record(requests: Sequence[GenerationRequest], validate: Any = None) -> list[list[Sample]]:
-        raise _Planned(requests)
+        raise _Planned(PlannedCall(list(requests), validate))
 
     try:
         stage(record)
     except _Planned as planned:
-        return planned.requests
-    return []  # the stage has nothing to ask
+        return planned.call
+    return PlannedCall([])  # the stage has nothing to ask
 
 
 @dataclass(frozen=True)

@@ -183,9 +183,8 @@ class LLMClient:
         # whichever layer asks (the per-job resend, the per-problem diagnosis).
         self.failed: dict[str, RequestFailed] = {}
         if store is not None:
-            stored = store.samples()
-            self.usage.spent_before_usd = self.usage.price(
-                sum(s.prompt_tokens for s in stored), sum(s.completion_tokens for s in stored)
+            self.usage.spent_before_usd = sum(
+                self.usage.price(s.prompt_tokens, s.completion_tokens, batch=s.batch) for s in store.samples()
             )
         self._limiter: AdaptiveLimiter | None = None
         self._limiter_loop: asyncio.AbstractEventLoop | None = None
@@ -214,6 +213,10 @@ class LLMClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def run_coroutine(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run `coroutine` on the client's own event loop (where its store and SDK clients live)."""
+        return self._run(coroutine)
 
     def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         if self._loop is None:

@@ -64,6 +64,9 @@ class LLMResource(dg.ConfigurableResource):
     device: str = "auto"
     http_transport: str = "aiohttp"  # the openai SDK's transport: "aiohttp" (fast) or "httpx"
     max_usd_per_run: float | None = None  # SIGMA_MAX_USD_PER_RUN: a stage projected over it refuses to start
+    # The OpenAI Batch API (half price, answers within 24 h): each stage's first call goes out as one batch.
+    batch_api: bool = False
+    batch_poll_s: float = 30.0
 
     @contextmanager
     def client(self, storage: StorageRoot, namespace: str) -> Iterator[LLMClient]:

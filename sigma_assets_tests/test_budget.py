@@ -74,8 +74,9 @@ def test_plan_first_call_sends_nothing() -> None:
     )
     problems = [ProblemPaths("p1", "What is 2 + 2?", "4", (sibling,))]
     planned = plan_first_call(lambda generate: critique(problems, generate, RefinementSettings()))
-    assert len(planned) == 1 and planned[0].params.json_output
-    assert plan_first_call(lambda generate: critique([], generate, RefinementSettings())) == []
+    assert len(planned.requests) == 1 and planned.requests[0].params.json_output
+    assert planned.validate is not None  # the validator the stage would pass along
+    assert plan_first_call(lambda generate: critique([], generate, RefinementSettings())).requests == []
 
 
 def test_cap_setting() -> None:

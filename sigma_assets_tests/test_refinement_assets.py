@@ -257,3 +257,32 @@ def test_the_budget_guard_refuses_before_any_request(tmp_path):
     message = str(step_events(result, "STEP_FAILURE")[0].event_specific_data.error)
     assert "refusing to start" in message and "over the cap SIGMA_MAX_USD_PER_RUN=$1e-05" in message
     assert re.search(r"\$\d+\.\d{4} over the cap", message)
+
+
+def test_batch_api_mode_sends_each_stage_as_one_batch(tmp_path):
+    settings = Settings.from_env({"SIGMA_STORAGE_URL": str(tmp_path / "store")})
+    key = shard_with_problems(settings)
+    with (
+        FaultServer(responder=arithmetic_policy) as policy_server,
+        FaultServer(responder=scripted_critic, model="gpt-4o-mini") as critic_server,
+    ):
+        policy = policy_of(policy_server)
+        critic = LLMResource(
+            backend="openai",
+            model="gpt-4o-mini",
+            base_url=critic_server.base_url,
+            batch_api=True,
+            batch_poll_s=0.01,
+        )
+        result = run(settings, policy, critic, key)
+        assert result.success
+        stats = critic_server.stats()
+    refined = result.output_for_node("refined_paths")
+    assert refined.height > 0 and refined["correct"].all() and (refined["revision_mode"] == "path").all()
+    # One batch for the critiques, one for the revisions; nothing online.
+    assert stats["batches_created"] == 2 and stats["batch_lines"] == 2 * refined.height
+    assert stats["requests"]["/v1/chat/completions"] == 0
+    metadata = result.asset_materializations_for_node("refined_paths")[0].metadata
+    assert metadata["critic_batch_answers_stored"].value == refined.height
+    assert metadata["critic_cost_usd"].value > 0  # the revision batch, billed at half price
+    assert metadata["critic_spent_usd_so_far"].value > metadata["critic_cost_usd"].value  # + critiques

@@ -128,9 +128,7 @@ def critiques(
     problems = _problems(raw_problems, sibling_sets)
     settings = config.to_settings()
     with critic.client(storage.root(), f"critic/{context.partition_key}") as client:
-        projected = guard_spend(
-            context, client, lambda g: critique(problems, g, settings), critic.max_usd_per_run, "critic_"
-        )
+        projected = guard_spend(context, client, lambda g: critique(problems, g, settings), critic, "critic_")
         rows: list[CritiqueRow] = _per_problem(
             problems, lambda ps: critique(ps, client.generate, settings, _key_of(client)), "critique"
         )
@@ -181,7 +179,7 @@ def refined_paths(
             context,
             client,
             lambda g: revise(problems, feedback, g, checker.check_many, settings),
-            critic.max_usd_per_run,
+            critic,
             "critic_",
             scale_to=depths,
         )

@@ -87,6 +87,25 @@ class OpenAIBackend:
             self._client_loop = loop
         return self._client
 
+    def chat_body(self, request: GenerationRequest, n: int, seed: int | None) -> dict[str, Any]:
+        """The JSON body of a chat completion request, as a Batch API input line carries it."""
+        params = request.params
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": [{"role": m.role, "content": m.content} for m in request.messages or ()],
+            "n": n,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "max_tokens": params.max_tokens,
+        }
+        if params.stop:
+            body["stop"] = list(params.stop)
+        if seed is not None:
+            body["seed"] = seed
+        if params.json_output:
+            body["response_format"] = {"type": "json_object"}
+        return body | self.extra_body
+
     async def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Sample]]:
         return [await self._one(request) for request in requests]
 
