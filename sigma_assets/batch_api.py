@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from sigma_assets.backends.openai_compat import samples_from_completion
 from sigma_assets.generation import GenerationRequest, Sample
 from sigma_assets.llm_client import ATTEMPT_SEED_STRIDE, LLMClient, Validator, _rejection
 from sigma_assets.response_store import attempt_key, sample_key
@@ -152,7 +153,7 @@ async def _one_batch(
             response = result.get("response") or {}
             if line is None or response.get("status_code") != 200:
                 continue  # not ours, or failed: it stays missing and goes in the next round
-            samples = _samples(response["body"])
+            samples = samples_from_completion(response["body"])
             client.usage.batch_requests += 1
             for index, sample in zip(line.todo, samples, strict=False):
                 reason = _rejection(validate, sample)
@@ -182,27 +183,11 @@ def _input_file(backend: Any, lines: list[_Line]) -> bytes:
         seed = params.seed
         if line.attempt > 1:  # the same request the client would send at this attempt
             seed = (seed or 0) + ATTEMPT_SEED_STRIDE * (line.attempt - 1)
-        body = backend.chat_body(line.request, len(line.todo), seed)
+        body = backend.request_body(line.request, len(line.todo), seed)
         rows.append(
             {"custom_id": line.custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body}
         )
     return "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows).encode()
-
-
-def _samples(body: dict[str, Any]) -> list[Sample]:
-    choices = body.get("choices") or []
-    usage = body.get("usage") or {}
-    prompt_tokens, completion_tokens = usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
-    per_sample, remainder = divmod(completion_tokens, max(1, len(choices)))
-    return [
-        Sample(
-            text=(choice.get("message") or {}).get("content") or "",
-            finish_reason="length" if choice.get("finish_reason") == "length" else "stop",
-            prompt_tokens=prompt_tokens if i == 0 else 0,
-            completion_tokens=per_sample + (remainder if i == 0 else 0),
-        )
-        for i, choice in enumerate(sorted(choices, key=lambda c: c.get("index", 0)))
-    ]
 
 
 class _Ledger:
