@@ -61,6 +61,7 @@ def build_resources(settings: Settings) -> dict[str, Any]:
             api_key=_secret("OPENAI_API_KEY"),
             concurrency=settings.critic_concurrency,
             max_usd_per_run=settings.max_usd_per_run,
+            batch_api=settings.critic_batch_api,
         ),
     }
 

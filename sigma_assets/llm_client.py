@@ -251,6 +251,7 @@ class LLMClient:
         units: list[_Unit] = []
         failures: list[tuple[int, RequestFailed]] = []  # (position, failure) known without sending
         asked: set[str] = set()
+        generated: dict[str, Sample] = {}  # key -> its answer in this call, for duplicates
         duplicates: list[tuple[int, int, str]] = []  # (position, index, key) asked for earlier in this call
         for position, request in enumerate(requests):
             keys = [
@@ -272,7 +273,7 @@ class LLMClient:
                     continue
                 sample, attempt, reason = self._stored(key, validate)
                 if sample is not None:
-                    row[index] = sample
+                    row[index] = generated[key] = sample
                     self.usage.store_hits += 1
                 elif attempt > self.retry.max_attempts:
                     reason = f"invalid: response failed validation: {reason} (stored)"
@@ -286,7 +287,6 @@ class LLMClient:
                 units.append(_Unit(position, request, keys, todo, attempt))
         step = max(1, backend.max_batch)
         batches = [units[i : i + step] for i in range(0, len(units), step)]
-        generated: dict[str, Sample] = {}
         outcomes = await asyncio.gather(
             *(self._call(batch, validate, results, generated) for batch in batches), return_exceptions=True
         )

@@ -79,6 +79,13 @@ def test_plan_first_call_sends_nothing() -> None:
     assert plan_first_call(lambda generate: critique([], generate, RefinementSettings())).requests == []
 
 
+def test_batch_api_setting() -> None:
+    assert Settings.from_env({}).critic_batch_api is False
+    assert Settings.from_env({"SIGMA_CRITIC_BATCH_API": "true"}).critic_batch_api is True
+    with pytest.raises(SettingsError, match="SIGMA_CRITIC_BATCH_API"):
+        Settings.from_env({"SIGMA_CRITIC_BATCH_API": "sometimes"})
+
+
 def test_cap_setting() -> None:
     assert Settings.from_env({}).max_usd_per_run is None
     assert Settings.from_env({"SIGMA_MAX_USD_PER_RUN": "2.5"}).max_usd_per_run == 2.5

@@ -473,8 +473,10 @@ def test_the_same_sample_twice_in_one_call_is_paid_once(server: FaultServer, tmp
     request = chat("twice", temperature=1.0, n=2)
     with LLMClient(backend_for(server), store=local_store(tmp_path), retry=FAST) as client:
         rows = client.generate([request, chat("other"), request])
-    assert total(server) == 2 and client.usage.samples == 3
-    assert [s.text for s in rows[0]] == [s.text for s in rows[2]]  # as a rerun from the store would answer
+        assert total(server) == 2 and client.usage.samples == 3
+        assert [s.text for s in rows[0]] == [s.text for s in rows[2]]  # as a rerun from the store would
+        again = client.generate([request, request])  # both from the store this time
+    assert total(server) == 2 and [s.text for s in again[1]] == [s.text for s in rows[0]]
 
 
 def test_agenerate_from_two_event_loops(server: FaultServer) -> None:

@@ -102,7 +102,7 @@ def _per_problem(
             results += stage([problem])
         except RequestFailed as exc:
             failures[problem.problem_id] = exc
-    if not failures:  # unreachable with one budget, but a problem that went through alone is kept
+    if not failures:  # the failure was the batch's (e.g. a fallback it triggered), not any one problem's
         return results
     listing = "; ".join(f"{pid}: {exc.reason}" for pid, exc in failures.items())
     raise dg.Failure(
