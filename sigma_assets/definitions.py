@@ -55,6 +55,7 @@ def build_resources(settings: Settings) -> dict[str, Any]:
             base_url=settings.policy_base_url,
             server=settings.policy_server,
             api_key=_secret("SIGMA_POLICY_API_KEY"),
+            max_usd_per_run=settings.max_usd_per_run,
         ),
         "critic": LLMResource(
             backend=settings.critic_backend,
@@ -62,6 +63,8 @@ def build_resources(settings: Settings) -> dict[str, Any]:
             base_url=settings.critic_base_url,
             api_key=_secret("OPENAI_API_KEY"),
             concurrency=settings.critic_concurrency,
+            max_usd_per_run=settings.max_usd_per_run,
+            batch_api=settings.critic_batch_api,
         ),
     }
 

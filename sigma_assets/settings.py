@@ -42,6 +42,8 @@ class Settings:
     temperatures: tuple[str, ...]
     aws_endpoint_url: str | None
     aws_region: str | None
+    max_usd_per_run: float | None = None  # None: no cap
+    critic_batch_api: bool = False  # the critic's calls through the OpenAI Batch API (half price, <= 24 h)
 
     @property
     def is_s3(self) -> bool:
@@ -90,6 +92,8 @@ class Settings:
             temperatures=_temperatures(env, "SIGMA_TEMPERATURES", "0.4,0.7"),
             aws_endpoint_url=get("AWS_ENDPOINT_URL"),
             aws_region=get("AWS_REGION"),
+            max_usd_per_run=_positive_float(env, "SIGMA_MAX_USD_PER_RUN"),
+            critic_batch_api=_flag(env, "SIGMA_CRITIC_BATCH_API"),
         )
 
 
@@ -127,3 +131,25 @@ def _temperatures(env: Mapping[str, str], name: str, default: str) -> tuple[str,
     if len(set(keys)) != len(keys) or len({float(k) for k in keys}) != len(keys):
         raise SettingsError(f"{name}={raw!r}: a temperature is given twice")
     return keys
+
+
+def _positive_float(env: Mapping[str, str], name: str) -> float | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r}: expected a positive number of US dollars") from None
+    if not value > 0:
+        raise SettingsError(f"{name}={raw!r}: expected a positive number of US dollars (unset: no cap)")
+    return value
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise SettingsError(f"{name}={raw!r}: expected true or false")

@@ -62,11 +62,16 @@ def materialize_shard(
     instance: dg.DagsterInstance | None = None,
     run_config: dict[str, Any] | None = None,
     raise_on_error: bool = True,
+    selection: Sequence[Any] | None = None,
 ) -> ShardRun:
-    """Materialise `assets` (and checks) for one (shard, temperature): problems first, then the rest."""
+    """Materialise `assets` (and checks) for one (shard, temperature): problems first, then the rest.
+
+    `selection`: only these of `assets` (the others are read from storage).
+    """
     instance = instance or dg.DagsterInstance.ephemeral()
-    by_shard = [a for a in assets if _partitions_def(a) is not None and not _is_multi(a)]
-    by_both = [a for a in assets if a not in by_shard]
+    chosen = list(assets if selection is None else selection)
+    by_shard = [a for a in chosen if _partitions_def(a) is not None and not _is_multi(a)]
+    by_both = [a for a in chosen if a not in by_shard]
     results = []
     for selection, key in ((by_shard, shard), (by_both, partition(shard, temperature))):
         if not selection:

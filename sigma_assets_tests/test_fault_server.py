@@ -178,7 +178,13 @@ def test_stats_count_exactly_and_reset(server: FaultServer) -> None:
     with urllib.request.urlopen(f"{server.base_url.removesuffix('/v1')}/stats", timeout=5) as resp:
         stats = json.loads(resp.read())
     assert stats == server.stats()
-    assert stats["requests"] == {"/v1/chat/completions": 2, "/v1/completions": 20, "/v1/models": 1}
+    assert stats["requests"] == {
+        "/v1/chat/completions": 2,
+        "/v1/completions": 20,
+        "/v1/models": 1,
+        "/v1/files": 0,
+        "/v1/batches": 0,
+    }
     assert stats["total"] == 23
     assert stats["faults_total"] == 0
     assert stats["in_flight"] == 0

@@ -26,7 +26,7 @@ from sigma_assets.llm.accounting import price_of
 from sigma_assets.llm.backends.openai_compat import OpenAIBackend
 from sigma_assets.llm.client import LLMClient, RequestFailed, RetrySettings
 from sigma_assets.llm.generation import GenerationRequest, SamplingParams, user
-from sigma_assets.llm.response_store import ResponseStore, sample_key
+from sigma_assets.llm.response_store import ResponseStore, attempt_key, sample_key
 from sigma_assets.testing.fault_server import FaultServer, FaultServerProcess
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -105,23 +105,51 @@ def test_timeout_is_retried(server: FaultServer, where: str) -> None:
     assert client.usage.failures == {"timeout": 1}
 
 
-def test_invalid_json_content_is_retried_when_validation_rejects_it(tmp_path: Path) -> None:
-    with FaultServer(
-        responder=lambda req, i: json.dumps({"answer": i}), fail_requests={1: "invalid_json"}
-    ) as srv:
-        store = local_store(tmp_path)
-        with LLMClient(backend_for(srv), store=store, retry=FAST) as client:
-            [[sample]] = client.generate(
-                [chat("json please", json_output=True)], validate=lambda s: json.loads(s.text)
-            )
-        assert json.loads(sample.text) == {"answer": 0}
-        assert total(srv) == 2
-        assert client.usage.failures == {"invalid": 1}
-        key = sample_key("openai", srv.base_url, "fault-model", chat("json please", json_output=True), 0)
-    # Only the valid answer was stored.
-    reloaded = local_store(tmp_path)
-    assert len(reloaded) == 1 and (stored := reloaded.get(key)) is not None
-    assert json.loads(stored.text) == {"answer": 0}
+def test_a_rejected_answer_is_stored_and_the_next_attempt_is_another_request(tmp_path: Path) -> None:
+    seeds: list[object] = []
+
+    def first_answer_invalid(request: dict, index: int) -> str:
+        seeds.append(request.get("seed"))
+        return "not json {" if len(seeds) == 1 else json.dumps({"answer": len(seeds)})
+
+    request = chat("json please", json_output=True, seed=5)
+    with FaultServer(responder=first_answer_invalid) as srv:
+        with LLMClient(backend_for(srv), store=local_store(tmp_path), retry=FAST) as client:
+            [[sample]] = client.generate([request], validate=lambda s: json.loads(s.text))
+        assert json.loads(sample.text) == {"answer": 2} and sample.rejected is None
+        assert total(srv) == 2 and client.usage.failures == {"invalid": 1}
+        assert seeds[0] == 5 and seeds[1] != 5  # the retry is another request, not the same one again
+        key = sample_key("openai", srv.base_url, "fault-model", request, 0)
+
+        # Both answers were paid for, so both are kept: the rejected one with its reason.
+        reloaded = local_store(tmp_path)
+        rejected, accepted = reloaded.get(key), reloaded.get(attempt_key(key, 2))
+        assert rejected is not None and rejected.text == "not json {" and rejected.rejected
+        assert accepted is not None and accepted.rejected is None and accepted.text == sample.text
+
+        # A rerun sends nothing: it replays the rejection and the accepted second attempt.
+        with LLMClient(backend_for(srv), store=reloaded, retry=FAST) as again:
+            [[replayed]] = again.generate([request], validate=lambda s: json.loads(s.text))
+        assert total(srv) == 2 and replayed.text == sample.text and again.usage.requests == 0
+
+        # A rerun whose budget the stored rejections already spent fails without sending.
+        one = RetrySettings(max_attempts=1, initial_backoff_s=0.01)
+        with (
+            LLMClient(backend_for(srv), store=local_store(tmp_path), retry=one) as spent,
+            pytest.raises(RequestFailed) as info,
+        ):
+            spent.generate([request], validate=lambda s: json.loads(s.text))
+        assert total(srv) == 2 and info.value.answer_rejected and "validation" in info.value.reason
+
+
+def test_a_failed_request_is_never_sent_again_by_the_same_client(server: FaultServer) -> None:
+    server.configure(fault_rate=1.0, fault_kinds=("500",))
+    with LLMClient(backend_for(server), retry=FAST) as client:
+        for _ in range(3):  # e.g. the per-job resend and the per-problem diagnosis asking again
+            with pytest.raises(RequestFailed) as info:
+                client.generate([chat("doomed"), chat("doomed too")])
+            assert info.value.kind == "5xx" and not info.value.heals
+    assert total(server) == 2 * FAST.max_attempts
 
 
 def test_connection_refused_is_retried_then_fails_naming_the_key() -> None:
@@ -385,6 +413,19 @@ def test_a_crash_pays_at_most_the_in_flight_requests_twice(tmp_path: Path) -> No
 # -- backends -----------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+def test_both_sdk_transports(transport: str, server: FaultServer) -> None:
+    server.configure(fail_requests={1: "500"})
+    backend = backend_for(server, transport=transport)
+    with LLMClient(backend, retry=FAST) as client:
+        rows = client.generate([chat(f"{transport} {i}") for i in range(4)])
+        assert backend._client is not None
+        assert ("aiohttp" in type(backend._client._client).__name__.lower()) == (transport == "aiohttp")
+    assert [len(row) for row in rows] == [1, 1, 1, 1] and total(server) == 5
+    with pytest.raises(ValueError, match="transport"):
+        backend_for(server, transport="carrier-pigeon")
+
+
 def test_openai_native_n_and_emulated_n(tmp_path: Path) -> None:
     for chat_kind in (True, False):
         params = SamplingParams(n=3, temperature=1.0, seed=7)
@@ -432,8 +473,10 @@ def test_the_same_sample_twice_in_one_call_is_paid_once(server: FaultServer, tmp
     request = chat("twice", temperature=1.0, n=2)
     with LLMClient(backend_for(server), store=local_store(tmp_path), retry=FAST) as client:
         rows = client.generate([request, chat("other"), request])
-    assert total(server) == 2 and client.usage.samples == 3
-    assert [s.text for s in rows[0]] == [s.text for s in rows[2]]  # as a rerun from the store would answer
+        assert total(server) == 2 and client.usage.samples == 3
+        assert [s.text for s in rows[0]] == [s.text for s in rows[2]]  # as a rerun from the store would
+        again = client.generate([request, request])  # both from the store this time
+    assert total(server) == 2 and [s.text for s in again[1]] == [s.text for s in rows[0]]
 
 
 def test_agenerate_from_two_event_loops(server: FaultServer) -> None:

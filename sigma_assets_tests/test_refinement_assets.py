@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import dagster as dg
 import polars as pl
+import pytest
+from upath import UPath
 
 from sigma_assets.definitions import build_resources
 from sigma_assets.defs.problems.assets import raw_problems
@@ -16,6 +20,9 @@ from sigma_assets.defs.refinement.assets import (
 )
 from sigma_assets.defs.search.assets import mcts_trees, sibling_sets
 from sigma_assets.defs.shared.resources import LLMResource
+from sigma_assets.llm.accounting import price_of
+from sigma_assets.llm.client import ATTEMPT_SEED_STRIDE
+from sigma_assets.llm.response_store import ResponseStore
 from sigma_assets.settings import Settings
 from sigma_assets.testing.fault_server import FaultServer
 from sigma_assets_tests.support import (
@@ -47,10 +54,11 @@ def policy_of(server: FaultServer) -> LLMResource:
     return LLMResource(backend="openai", model="scripted-policy", base_url=server.base_url)
 
 
-def run(settings, policy, critic, key, instance=None, assets=FULL_SHARD, raise_on_error=True):
+def run(settings, policy, critic, key, instance=None, assets=FULL_SHARD, raise_on_error=True, selection=None):
     return materialize_shard(
         assets,
         key,
+        selection=selection,
         resources=build_resources(settings) | {"policy": policy, "critic": critic},
         instance=instance or dg.DagsterInstance.ephemeral(),
         run_config={"ops": {"mcts_trees": {"config": SEARCH_CONFIG}, **PATH_MODE}},
@@ -105,7 +113,48 @@ def test_refinement_through_faults_then_replay(tmp_path):
         assert second.output_for_node("refined_paths").equals(refined)
 
 
-def test_failed_critic_names_the_problems(tmp_path):
+def step_events(result, kind: str) -> list:
+    return [e for e in result.all_events if e.event_type_value == kind]
+
+
+def test_a_permanent_500_costs_max_attempts_and_names_the_problem(tmp_path):
+    """One retry budget: the failing request is sent `max_attempts` times in all, not once per layer
+    (client attempts, per-job resend, step fallback, per-problem diagnosis, the step RetryPolicy)."""
+    settings = Settings.from_env({"SIGMA_STORAGE_URL": str(tmp_path / "store")})
+    key = shard_with_problems(settings)
+    doomed: list[str] = []
+
+    def critic_failing_one_problem(request: dict, index: int) -> str:
+        prompt = request["messages"][-1]["content"]
+        if doomed and doomed[0] in prompt:
+            raise RuntimeError("this problem always gets HTTP 500")
+        return scripted_critic(request, index)
+
+    with (
+        FaultServer(responder=arithmetic_policy) as policy_server,
+        FaultServer(responder=critic_failing_one_problem) as critic_server,
+    ):
+        policy = policy_of(policy_server)
+        search = run(settings, policy, None, key, assets=UP_TO_CRITIQUES[:3])
+        problems = search.output_for_node("raw_problems")
+        solved = sorted(set(search.output_for_node("sibling_sets")["problem_id"]))
+        doomed.append(problems.filter(pl.col("problem_id") == solved[0])["problem"][0])
+        critic = LLMResource(
+            backend="openai", model="gpt-4o-mini", base_url=critic_server.base_url, max_attempts=3
+        )
+        result = run(settings, policy, critic, key, assets=UP_TO_CRITIQUES, raise_on_error=False)
+        requests = critic_server.stats()["requests"]["/v1/chat/completions"]
+    assert not result.success
+    # One request per solved problem; the doomed one sent 3 times in all, and the step not retried.
+    assert requests == len(solved) - 1 + 3
+    assert not step_events(result, "STEP_UP_FOR_RETRY") and not step_events(result, "STEP_RESTARTED")
+    [failure] = step_events(result, "STEP_FAILURE")
+    message = str(failure.event_specific_data.error)
+    assert f"critique failed for 1 of {len(solved)} problems" in message and "HTTP 500" in message
+    assert solved[0] in message and all(pid not in message for pid in solved[1:])
+
+
+def test_a_critic_that_fails_everything_names_every_problem(tmp_path):
     settings = Settings.from_env({"SIGMA_STORAGE_URL": str(tmp_path / "store")})
     key = shard_with_problems(settings)
     with (
@@ -117,33 +166,115 @@ def test_failed_critic_names_the_problems(tmp_path):
             backend="openai", model="gpt-4o-mini", base_url=critic_server.base_url, max_attempts=2
         )
         result = run(settings, policy, critic, key, assets=UP_TO_CRITIQUES, raise_on_error=False)
+        requests = critic_server.stats()["requests"]["/v1/chat/completions"]
     assert not result.success
-    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
-    message = str(failure.event_specific_data.error)
     solved = pl.DataFrame(result.output_for_node("sibling_sets"))["problem_id"].unique().to_list()
+    assert requests == 2 * len(solved)
+    message = str(step_events(result, "STEP_FAILURE")[0].event_specific_data.error)
     assert "critique failed for" in message and "HTTP 500" in message
     assert all(pid in message for pid in solved)
 
 
-def test_a_passing_failure_loses_nothing(tmp_path):
-    """A call that fails for good once (then works) is retried per problem; the step still succeeds."""
+def invalid_first_answers(request: dict, sample_index: int) -> str:
+    """A critic whose first answer to every critique and revision is unusable: only a retry with another
+    seed (the client's next attempt) gets a real answer."""
+    if request.get("seed", 0) < ATTEMPT_SEED_STRIDE:
+        return "I would rather not answer in the requested format."
+    return scripted_critic(request, sample_index)
+
+
+def test_rejected_answers_are_kept_and_a_rerun_sends_nothing(tmp_path):
     settings = Settings.from_env({"SIGMA_STORAGE_URL": str(tmp_path / "store")})
+    key = shard_with_problems(settings)
+    instance = dg.DagsterInstance.ephemeral()
+    with (
+        FaultServer(responder=arithmetic_policy) as policy_server,
+        FaultServer(responder=invalid_first_answers) as critic_server,
+    ):
+        policy = policy_of(policy_server)
+        critic = LLMResource(backend="openai", model="gpt-4o-mini", base_url=critic_server.base_url)
+        first = run(settings, policy, critic, key, instance)
+        assert first.success
+        refined = first.output_for_node("refined_paths")
+        problems = refined.height
+        assert problems > 0 and (refined["critique_mode"] == "path").all()
+        assert (refined["revision_mode"] == "path").all()
+        # Each critique and each revision: one rejected answer, then an accepted one.
+        sent = critic_server.stats()["requests"]["/v1/chat/completions"]
+        assert sent == 2 * 2 * problems
+        store = ResponseStore(UPath(tmp_path / "store"), f"critic/{key}").load()
+        rejected = [s for s in store._records.values() if s.rejected]
+        assert len(rejected) == 2 * problems and all("validation" not in s.text for s in rejected)
+
+        first_meta = first.asset_materializations_for_node("critiques")[0].metadata
+        assert first_meta["critic_projected_requests"].value == problems
+        assert first_meta["critic_rejected"].value == problems
+
+        again = run(settings, policy, critic, key, instance, selection=[critiques, refined_paths])
+        assert again.success
+        assert critic_server.stats()["requests"]["/v1/chat/completions"] == sent  # not one request more
+        assert again.output_for_node("refined_paths").equals(refined)
+        meta = again.asset_materializations_for_node("refined_paths")[0].metadata
+        assert meta["critic_projected_requests"].value == 0 and meta["critic_projected_usd"].value == 0
+        # Spend so far counts every paid answer of the shard, rejected ones included.
+        paid = (
+            sum(s.prompt_tokens for s in store.samples()),
+            sum(s.completion_tokens for s in store.samples()),
+        )
+        prompt_price, completion_price = price_of("gpt-4o-mini")
+        spent = (paid[0] * prompt_price + paid[1] * completion_price) / 1e6
+        assert meta["critic_spent_usd_so_far"].value == pytest.approx(spent, abs=1e-6) and spent > 0
+
+
+def test_the_budget_guard_refuses_before_any_request(tmp_path):
+    settings = Settings.from_env(
+        {"SIGMA_STORAGE_URL": str(tmp_path / "store"), "SIGMA_MAX_USD_PER_RUN": "0.00001"}
+    )
     key = shard_with_problems(settings)
     with (
         FaultServer(responder=arithmetic_policy) as policy_server,
-        FaultServer(responder=scripted_critic, fail_requests={1: "500", 2: "500"}) as critic_server,
+        FaultServer(responder=scripted_critic) as critic_server,
     ):
         policy = policy_of(policy_server)
         critic = LLMResource(
             backend="openai",
             model="gpt-4o-mini",
             base_url=critic_server.base_url,
-            max_attempts=2,
-            concurrency=1,
+            max_usd_per_run=settings.max_usd_per_run,
         )
-        result = run(settings, policy, critic, key, assets=UP_TO_CRITIQUES)
+        assert critic.max_usd_per_run == 0.00001
+        result = run(settings, policy, critic, key, assets=UP_TO_CRITIQUES, raise_on_error=False)
+        assert critic_server.stats()["total"] == 0  # refused before sending anything
+    assert not result.success and not step_events(result, "STEP_UP_FOR_RETRY")
+    message = str(step_events(result, "STEP_FAILURE")[0].event_specific_data.error)
+    assert "refusing to start" in message and "over the cap SIGMA_MAX_USD_PER_RUN=$1e-05" in message
+    assert re.search(r"\$\d+\.\d{4} over the cap", message)
+
+
+def test_batch_api_mode_sends_each_stage_as_one_batch(tmp_path):
+    settings = Settings.from_env({"SIGMA_STORAGE_URL": str(tmp_path / "store")})
+    key = shard_with_problems(settings)
+    with (
+        FaultServer(responder=arithmetic_policy) as policy_server,
+        FaultServer(responder=scripted_critic, model="gpt-4o-mini") as critic_server,
+    ):
+        policy = policy_of(policy_server)
+        critic = LLMResource(
+            backend="openai",
+            model="gpt-4o-mini",
+            base_url=critic_server.base_url,
+            batch_api=True,
+            batch_poll_s=0.01,
+        )
+        result = run(settings, policy, critic, key)
         assert result.success
-        siblings = result.output_for_node("sibling_sets")
-        assert result.output_for_node("critiques").height == siblings.height
-        # One problem paid three calls (two failures, one success); every other problem one.
-        assert critic_server.stats()["total"] == siblings["problem_id"].n_unique() + 2
+        stats = critic_server.stats()
+    refined = result.output_for_node("refined_paths")
+    assert refined.height > 0 and refined["correct"].all() and (refined["revision_mode"] == "path").all()
+    # One batch for the critiques, one for the revisions; nothing online.
+    assert stats["batches_created"] == 2 and stats["batch_lines"] == 2 * refined.height
+    assert stats["requests"]["/v1/chat/completions"] == 0
+    metadata = result.asset_materializations_for_node("refined_paths")[0].metadata
+    assert metadata["critic_batch_answers_stored"].value == refined.height
+    assert metadata["critic_cost_usd"].value > 0  # the revision batch, billed at half price
+    assert metadata["critic_spent_usd_so_far"].value > metadata["critic_cost_usd"].value  # + critiques

@@ -13,6 +13,8 @@ PRICES_PER_MILLION: dict[str, tuple[float, float]] = {
     "gpt-4.1": (2.00, 8.00),
 }
 
+BATCH_DISCOUNT = 0.5  # the Batch API bills half the list price
+
 
 def price_of(model: str) -> tuple[float, float]:
     """Prices for `model`, matching dated snapshots (`gpt-4o-mini-2024-07-18`) to their family."""
@@ -33,19 +35,32 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     failures: dict[str, int] = field(default_factory=dict)  # retried faults by kind
+    rejected: int = 0  # answers that failed validation (paid for, stored, not used)
+    batch_requests: int = 0  # batch lines answered through the Batch API (half price)
+    batch_prompt_tokens: int = 0
+    batch_completion_tokens: int = 0
+    spent_before_usd: float = 0.0  # what the answers already in the store cost when they were made
+
+    def price(self, prompt_tokens: int, completion_tokens: int, batch: bool = False) -> float:
+        prompt_price, completion_price = price_of(self.model)
+        discount = BATCH_DISCOUNT if batch else 1.0
+        return discount * (prompt_tokens * prompt_price + completion_tokens * completion_price) / 1e6
 
     def fault(self, kind: str) -> None:
         self.failures[kind] = self.failures.get(kind, 0) + 1
 
     @property
     def cost_usd(self) -> float:
-        prompt_price, completion_price = price_of(self.model)
-        return (self.prompt_tokens * prompt_price + self.completion_tokens * completion_price) / 1e6
+        return self.price(self.prompt_tokens, self.completion_tokens) + self.price(
+            self.batch_prompt_tokens, self.batch_completion_tokens, batch=True
+        )
 
     def as_metadata(self, prefix: str = "") -> dict[str, float | int | str]:
         values: dict[str, float | int | str] = {
             f"{prefix}{key}": value for key, value in asdict(self).items() if key != "failures"
         }
         values[f"{prefix}cost_usd"] = round(self.cost_usd, 6)
+        # Spend so far for this role and shard: every stored answer (earlier runs) plus this run's calls.
+        values[f"{prefix}spent_usd_so_far"] = round(self.spent_before_usd + self.cost_usd, 6)
         values[f"{prefix}faults"] = ", ".join(f"{k}={v}" for k, v in sorted(self.failures.items())) or "none"
         return values

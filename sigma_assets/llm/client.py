@@ -4,6 +4,11 @@ It answers from the response store when it can, sends the rest to a backend with
 concurrency, retries what is worth retrying (connection errors, timeouts, 429 honouring Retry-After,
 5xx, responses that fail validation) with exponential backoff and jitter, and accounts for tokens and
 cost. A call that still fails is raised with its request key and reason, never replaced by a default.
+
+One retry budget: a sample is sent at most `max_attempts` times, whichever layer asks. A rejected
+answer is stored with its reason (it was paid for) and the next attempt is another request (the
+attempt number is in its seed and key), so a rerun replays rejections instead of paying for them again;
+a request that failed for good is remembered and never sent again by the same client.
 Callers may be synchronous (`generate`): the client runs its own event loop in a background thread.
 """
 
@@ -21,7 +26,7 @@ from typing import Any, TypeVar
 
 from sigma_assets.llm.accounting import Usage
 from sigma_assets.llm.generation import Backend, GenerationRequest, Sample
-from sigma_assets.llm.response_store import ResponseStore, sample_key
+from sigma_assets.llm.response_store import ResponseStore, attempt_key, sample_key
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -64,13 +69,27 @@ class FatalRequestError(RuntimeError):
 
 
 class RequestFailed(RuntimeError):
-    """A request that failed for good; names the response-store key of its first missing sample."""
+    """A request that failed for good; names the response-store key of its first missing sample.
 
-    def __init__(self, key: str, reason: str, attempts: int):
+    `kind` says why (the fault kinds above, or "fatal"); by default the prefix of `reason`.
+    """
+
+    def __init__(self, key: str, reason: str, attempts: int, kind: str | None = None):
         super().__init__(f"request {key[:16]} failed after {attempts} attempt(s): {reason}")
         self.key = key
         self.reason = reason
         self.attempts = attempts
+        self.kind = kind if kind is not None else reason.split(":", 1)[0]
+
+    @property
+    def answer_rejected(self) -> bool:
+        """The server answered, but no answer passed validation: another prompt may do better."""
+        return self.kind == "invalid"
+
+    @property
+    def heals(self) -> bool:
+        """A lost connection may heal by itself; anything else would fail the same way again."""
+        return self.kind == "connection"
 
 
 @dataclass(frozen=True)
@@ -160,6 +179,13 @@ class LLMClient:
         self.concurrency = concurrency
         self.retry = retry
         self.usage = Usage(model=backend.model)
+        # Sample key -> its failure: a request that failed for good is never sent again by this client,
+        # whichever layer asks (the per-job resend, the per-problem diagnosis).
+        self.failed: dict[str, RequestFailed] = {}
+        if store is not None:
+            self.usage.spent_before_usd = sum(
+                self.usage.price(s.prompt_tokens, s.completion_tokens, batch=s.batch) for s in store.samples()
+            )
         self._limiter: AdaptiveLimiter | None = None
         self._limiter_loop: asyncio.AbstractEventLoop | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -188,6 +214,10 @@ class LLMClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def run_coroutine(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run `coroutine` on the client's own event loop (where its store and SDK clients live)."""
+        return self._run(coroutine)
+
     def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         if self._loop is None:
             self._loop = asyncio.new_event_loop()
@@ -215,113 +245,215 @@ class LLMClient:
                 self._limiter.limit = previous.limit
             self._limiter_loop = loop
         backend = self.backend
+        if self.store is not None:
+            self.store.warm_up()
         results: list[list[Sample | None]] = []
-        missing: list[_Missing] = []
+        units: list[_Unit] = []
+        failures: list[tuple[int, RequestFailed]] = []  # (position, failure) known without sending
         asked: set[str] = set()
+        generated: dict[str, Sample] = {}  # key -> its answer in this call, for duplicates
         duplicates: list[tuple[int, int, str]] = []  # (position, index, key) asked for earlier in this call
         for position, request in enumerate(requests):
             keys = [
                 sample_key(backend.name, backend.endpoint, backend.model, request, index)
                 for index in range(request.params.n)
             ]
-            found = [self.store.get(key) if self.store is not None else None for key in keys]
-            self.usage.store_hits += sum(sample is not None for sample in found)
-            results.append(list(found))
-            todo = []
-            for index, sample in enumerate(found):
-                if sample is not None:
-                    continue
-                if keys[index] in asked:
+            row: list[Sample | None] = [None] * len(keys)
+            by_attempt: dict[int, list[int]] = {}
+            for index, key in enumerate(keys):
+                if key in asked:
                     # The same sample twice in one call: pay once, and answer both alike, as a rerun
                     # from the store would.
-                    duplicates.append((position, index, keys[index]))
+                    duplicates.append((position, index, key))
+                    continue
+                asked.add(key)
+                known = self.failed.get(key)
+                if known is not None:  # failed for good earlier in this client: never sent again
+                    failures.append((position, known))
+                    continue
+                sample, attempt, reason = self._stored(key, validate)
+                if sample is not None:
+                    row[index] = generated[key] = sample
+                    self.usage.store_hits += 1
+                elif attempt > self.retry.max_attempts:
+                    reason = f"invalid: response failed validation: {reason} (stored)"
+                    failed = RequestFailed(key, reason, attempt - 1, kind="invalid")
+                    self.failed[key] = failed
+                    failures.append((position, failed))
                 else:
-                    asked.add(keys[index])
-                    todo.append(index)
-            if todo:
-                missing.append(_Missing(position, request, keys, todo))
+                    by_attempt.setdefault(attempt, []).append(index)
+            results.append(row)
+            for attempt, todo in sorted(by_attempt.items()):
+                units.append(_Unit(position, request, keys, todo, attempt))
         step = max(1, backend.max_batch)
-        batches = [missing[i : i + step] for i in range(0, len(missing), step)]
+        batches = [units[i : i + step] for i in range(0, len(units), step)]
         outcomes = await asyncio.gather(
-            *(self._call(batch, validate) for batch in batches), return_exceptions=True
+            *(self._call(batch, validate, results, generated) for batch in batches), return_exceptions=True
         )
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException):
-                raise outcome
-        generated: dict[str, Sample] = {}
-        for batch, outcome in zip(batches, outcomes, strict=True):
-            assert not isinstance(outcome, BaseException)
-            for item, samples in zip(batch, outcome, strict=True):
-                for index, sample in zip(item.todo, samples, strict=True):
-                    results[item.position][index] = sample
-                    generated[item.keys[index]] = sample
+        # Every call has finished (what arrived is stored): now the first failure, in request order.
+        errors = [(batch[0].position, o) for batch, o in zip(batches, outcomes, strict=True) if o is not None]
+        errors += failures
+        if errors:
+            raise min(errors, key=lambda item: item[0])[1]
         for position, index, key in duplicates:
             results[position][index] = generated[key]
         return [[sample for sample in row if sample is not None] for row in results]
 
-    async def _call(self, batch: list[_Missing], validate: Validator | None) -> list[list[Sample]]:
-        """Generate the missing samples of a batch, holding a concurrency slot until they are durable."""
-        assert self._limiter is not None
-        sub_requests = [
-            replace(item.request, params=replace(item.request.params, n=len(item.todo))) for item in batch
+    def unanswered(self, requests: Sequence[GenerationRequest]) -> list[GenerationRequest]:
+        """The requests some sample of which the store cannot answer (what a call would still send)."""
+        backend = self.backend
+        return [
+            request
+            for request in requests
+            if any(
+                self._stored(sample_key(backend.name, backend.endpoint, backend.model, request, i), None)[0]
+                is None
+                for i in range(request.params.n)
+            )
         ]
-        attempt = 0
+
+    def stored_completion_tokens(self) -> list[int]:
+        """Completion tokens of every answer stored for this role and shard: the running mean's data."""
+        return [s.completion_tokens for s in self.store.samples()] if self.store is not None else []
+
+    def _stored(self, key: str, validate: Validator | None) -> tuple[Sample | None, int, str | None]:
+        """The first stored attempt the validator accepts, else the attempt to send next (and why the
+        last stored one was rejected). The current validator decides, so a looser one reuses answers."""
+        reason = None
+        if self.store is None:
+            return None, 1, None
+        for attempt in range(1, self.retry.max_attempts + 1):
+            sample = self.store.get(attempt_key(key, attempt))
+            if sample is None:
+                return None, attempt, reason
+            reason = _rejection(validate, sample)
+            if reason is None:
+                return (sample if sample.rejected is None else replace(sample, rejected=None)), attempt, None
+        return None, self.retry.max_attempts + 1, reason
+
+    async def _call(
+        self,
+        batch: list[_Unit],
+        validate: Validator | None,
+        results: list[list[Sample | None]],
+        generated: dict[str, Sample],
+    ) -> RequestFailed | None:
+        """Generate the samples of a batch, holding a concurrency slot until each answer is durable.
+
+        Every send counts against `max_attempts`, whatever layer asks: a fault resends the same
+        request, a rejected answer is stored with its reason and the next attempt is another request
+        (the attempt number is in its seed and key). Returns the failure of a unit that ran out of sends.
+        """
+        assert self._limiter is not None
+        pending = list(batch)
         while True:
-            attempt += 1
             await self._limiter.acquire()
+            sub_requests = [unit.sub_request() for unit in pending]
+            for unit in pending:
+                unit.sends += 1
+            delay = 0.0
             started = time.monotonic()
             try:
                 self.usage.requests += 1
                 # An in-process engine cannot be interrupted (its thread would run on, holding the model):
                 # only remote calls get a timeout.
                 timeout = None if self.backend.endpoint == "local" else self.retry.timeout_s
-                samples = await asyncio.wait_for(self.backend.generate(sub_requests), timeout)
+                async with asyncio.timeout(timeout):
+                    samples = await self.backend.generate(sub_requests)
                 _check_shape(sub_requests, samples)
-                if validate is not None:
-                    for row in samples:
-                        for sample in row:
-                            _validated(validate, sample)
+                self._account(samples)  # every answer that arrived was paid for, rejected or not
+                records: list[tuple[str, Sample]] = []
+                still: list[_Unit] = []
+                for unit, row in zip(pending, samples, strict=True):
+                    rejected: list[int] = []
+                    for index, sample in zip(unit.todo, row, strict=True):
+                        key = attempt_key(unit.keys[index], unit.attempt)
+                        reason = _rejection(validate, sample)
+                        records.append((key, replace(sample, cached=False, rejected=reason)))
+                        if reason is None:
+                            accepted = replace(sample, cached=False)
+                            results[unit.position][index] = generated[unit.keys[index]] = accepted
+                            self.usage.samples += 1
+                        else:
+                            rejected.append(index)
+                            unit.error = f"invalid: response failed validation: {reason}"
+                            unit.kind = "invalid"
+                    if rejected:
+                        self.usage.fault("invalid")
+                        self.usage.rejected += len(rejected)
+                        unit.todo, unit.attempt = rejected, unit.attempt + 1
+                        still.append(unit)
                 if self.store is not None:
                     self.store.observe_latency(time.monotonic() - started)
-                    await self.store.put_many(
-                        (item.keys[index], replace(sample, cached=False))
-                        for item, row in zip(batch, samples, strict=True)
-                        for index, sample in zip(item.todo, row, strict=True)
-                    )
+                    await self.store.put_many(records)
                 self._limiter.on_success()
-                self._account(samples)
-                return samples
+                pending = still
             except (RetryableError, TimeoutError) as exc:
                 error = exc if isinstance(exc, RetryableError) else RequestTimeout("backend call timed out")
                 self.usage.fault(error.kind)
                 if isinstance(error, RateLimited):
                     self._limiter.on_rate_limited()
-                if attempt >= self.retry.max_attempts:
-                    raise RequestFailed(
-                        batch[0].keys[batch[0].todo[0]], f"{error.kind}: {error}", attempt
-                    ) from exc
-                self.usage.retries += 1
-                delay = self.retry.backoff(attempt, error.retry_after_s)
+                for unit in pending:
+                    unit.error, unit.kind = f"{error.kind}: {error}", error.kind
+                delay = self.retry.backoff(pending[0].sends, error.retry_after_s)
             except FatalRequestError as exc:
-                raise RequestFailed(batch[0].keys[batch[0].todo[0]], str(exc), attempt) from exc
+                for unit in pending:
+                    unit.error, unit.kind = str(exc), "fatal"
             finally:
                 self._limiter.release()
-            await asyncio.sleep(delay)
+            if not pending:
+                return None
+            spent = [u for u in pending if u.sends >= self.retry.max_attempts or u.kind == "fatal"]
+            if spent:
+                return self._give_up(spent, batch)
+            self.usage.retries += 1
+            if delay:
+                await asyncio.sleep(delay)
+
+    def _give_up(self, spent: list[_Unit], batch: list[_Unit]) -> RequestFailed:
+        """Remember every unfinished sample of the batch as failed, so no layer above sends it again."""
+        first = spent[0]
+        failure = RequestFailed(first.keys[first.todo[0]], first.error, first.sends, kind=first.kind)
+        for unit in batch:
+            for index in unit.todo:
+                key = unit.keys[index]
+                if key not in self.failed:
+                    self.failed[key] = RequestFailed(key, unit.error or failure.reason, unit.sends, unit.kind)
+        return failure
 
     def _account(self, samples: list[list[Sample]]) -> None:
         for row in samples:
-            self.usage.samples += len(row)
             for sample in row:
                 self.usage.prompt_tokens += sample.prompt_tokens
                 self.usage.completion_tokens += sample.completion_tokens
 
 
+# A seed stride per attempt, far from the small offsets callers use for their own resamples.
+ATTEMPT_SEED_STRIDE = 100_003
+
+
 @dataclass
-class _Missing:
+class _Unit:
+    """Samples of one request still to generate, all at the same attempt number (1-based)."""
+
     position: int
     request: GenerationRequest
-    keys: list[str]
+    keys: list[str]  # per sample index, the key of its first attempt
     todo: list[int]
+    attempt: int = 1
+    sends: int = 0
+    error: str = ""
+    kind: str = ""
+
+    def __post_init__(self) -> None:
+        self.sends = self.attempt - 1  # rejected attempts of earlier runs were sends too
+
+    def sub_request(self) -> GenerationRequest:
+        params = self.request.params
+        seed = params.seed
+        if self.attempt > 1:  # another request, also for an unseeded one (the server sees another body)
+            seed = (seed or 0) + ATTEMPT_SEED_STRIDE * (self.attempt - 1)
+        return replace(self.request, params=replace(params, n=len(self.todo), seed=seed))
 
 
 def _check_shape(requests: Sequence[GenerationRequest], samples: list[list[Sample]]) -> None:
@@ -333,10 +465,12 @@ def _check_shape(requests: Sequence[GenerationRequest], samples: list[list[Sampl
         )
 
 
-def _validated(validate: Validator, sample: Sample) -> None:
+def _rejection(validate: Validator | None, sample: Sample) -> str | None:
+    """Why `validate` rejects `sample`, or None when it is usable."""
+    if validate is None:
+        return None
     try:
         validate(sample)
-    except InvalidResponse:
-        raise
-    except ValueError as exc:
-        raise InvalidResponse(f"response failed validation: {exc}") from exc
+    except ValueError as exc:  # InvalidResponse too
+        return str(exc) or type(exc).__name__
+    return None

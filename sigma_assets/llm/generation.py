@@ -64,6 +64,10 @@ class Sample:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached: bool = False
+    # Why the caller's validation rejected this answer; rejected answers are stored too (they were paid
+    # for), so a rerun does not ask for them again, but they are never returned as answers.
+    rejected: str | None = None
+    batch: bool = False  # answered through the Batch API (billed at its half price)
 
 
 class Backend(Protocol):

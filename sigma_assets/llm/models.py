@@ -32,6 +32,7 @@ def build_backend(
     device: str = "auto",
     max_batch: int = 64,
     server: str = "openai",
+    http_transport: str = "aiohttp",
 ) -> Backend:
     """`server` (openai backend): "openai" for any OpenAI-compatible server (OpenAI, vLLM), or
     "transformers" for `transformers serve`, which samples only through its generation config."""
@@ -45,7 +46,11 @@ def build_backend(
         from sigma_assets.llm.backends.openai_compat import OpenAIBackend
 
         return OpenAIBackend(
-            model, base_url=base_url, api_key=api_key, generation_config_sampling=server == "transformers"
+            model,
+            base_url=base_url,
+            api_key=api_key,
+            transport=http_transport,
+            generation_config_sampling=server == "transformers",
         )
     if backend == "vllm":
         from sigma_assets.llm.backends.vllm_engine import VLLMBackend

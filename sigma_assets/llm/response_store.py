@@ -51,6 +51,14 @@ def sample_key(backend: str, endpoint: str, model: str, request: GenerationReque
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
+def attempt_key(key: str, attempt: int) -> str:
+    """The key of attempt `attempt` (1-based) of the sample keyed `key`: attempt 1 keeps the sample key, so
+    stores written before attempts were numbered still answer; later attempts are other requests."""
+    if attempt == 1:
+        return key
+    return hashlib.sha256(f"{key}/attempt/{attempt}".encode()).hexdigest()
+
+
 class ResponseStore:
     """Key → sample, loaded from all segments of a namespace; `put_many` returns once its samples are durable.
 
@@ -79,6 +87,7 @@ class ResponseStore:
         self._latency_ewma_s = 0.0
         self._async_fs: Any = None  # an async fsspec filesystem bound to `_async_loop`
         self._async_loop: asyncio.AbstractEventLoop | None = None
+        self._session: asyncio.Task[Any] | None = None
         self.segments_written = 0
         self.loaded_segments = 0
 
@@ -111,6 +120,10 @@ class ResponseStore:
 
     def get(self, key: str) -> Sample | None:
         return self._records.get(key)
+
+    def samples(self) -> list[Sample]:
+        """Every stored answer, rejected ones included (each was paid for)."""
+        return list(self._records.values())
 
     def __len__(self) -> int:
         return len(self._records)
@@ -186,9 +199,20 @@ class ResponseStore:
         name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:12]}{SEGMENT_SUFFIX}"
         return self.directory / name, _encode_segment(items)
 
+    def warm_up(self) -> None:
+        """Open the object-store session in the background now, while the first requests are out: the
+        first segment write then does not pay the set-up (hundreds of ms) on top of its requests."""
+        fs = self._loop_fs()
+        if fs is not None and self._session is None and hasattr(fs, "set_session"):
+            self._session = asyncio.get_running_loop().create_task(fs.set_session())
+
     async def _write_segment_async(self, items: list[tuple[str, Sample]]) -> None:
         path, data = self._new_segment(items)
         fs = self._loop_fs()
+        if self._session is not None:
+            session, self._session = self._session, None
+            with contextlib.suppress(Exception):  # a failed set-up is retried by the write itself
+                await session
         if fs is None:
             await asyncio.to_thread(write_atomic, path, data)
         else:
@@ -206,6 +230,7 @@ class ResponseStore:
                 **fs.storage_options, asynchronous=True, loop=loop, skip_instance_cache=True
             )
             self._async_loop = loop
+            self._session = None
         return self._async_fs
 
     def _write_segment(self, items: list[tuple[str, Sample]]) -> None:
@@ -220,6 +245,10 @@ class ResponseStore:
             if self._flusher is not None and not self._flusher.done():
                 waiting.append(self._flusher)
             await asyncio.wait(waiting)
+        session, self._session = self._session, None
+        if session is not None:
+            with contextlib.suppress(Exception):
+                await session
         fs, self._async_fs, self._async_loop = self._async_fs, None, None
         creator = getattr(fs, "_s3creator", None)
         if creator is not None and hasattr(creator, "__aexit__"):

@@ -419,7 +419,7 @@ class _Caller:
             elif len(jobs) > 1 and self.settings.isolate_failures:
                 alone = self._alone(job, retry)
             else:
-                alone = failure
+                alone = _answer_failure(failure)
             results.append(alone)
         return results
 
@@ -428,7 +428,7 @@ class _Caller:
             (row,) = self._call([job], job.parse, retry)
             return job.parse(row[0].text)
         except (RequestFailed, ValueError) as exc:
-            return exc
+            return _answer_failure(exc)
 
     def _call(self, jobs: Sequence[_Job], validate: Callable[[str], Any], retry: int) -> list[list[Sample]]:
         requests = [self.request(job, retry) for job in jobs]
@@ -447,6 +447,14 @@ class _Caller:
                 job.stats.prompt_tokens += sample.prompt_tokens
                 job.stats.completion_tokens += sample.completion_tokens
         return rows
+
+
+def _answer_failure(exc: Exception) -> Exception:
+    """`exc` when the answer was unusable (a fallback may do better); a failure of the server itself is
+    raised, since any other request would fail alike and spend more of the retry budget."""
+    if isinstance(exc, RequestFailed) and not exc.answer_rejected:
+        raise exc
+    return exc
 
 
 # ---------------------------------------------------------------------------------------------------------

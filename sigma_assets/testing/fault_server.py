@@ -6,6 +6,12 @@ injected faults: 429 with Retry-After, 500, a stalled response (client timeout),
 content that is not the requested JSON, and finish_reason "length". Faults are drawn at random with a
 seeded generator (`fault_rate`, `fault_kinds`) or forced by the ordinal of the request (`fail_requests`).
 
+The Batch API too: `POST /v1/files` (purpose "batch"), `GET /v1/files/{id}/content`, `POST /v1/batches`,
+`GET /v1/batches` and `GET /v1/batches/{id}`. A batch answers every line with the same responder; it ends
+`batch_complete_after_s` after its creation with the `batch_outcome` configured when it was created:
+"completed", "expired" (only the first half of its lines answered, the rest `batch_expired`) or "partial"
+(completed, every third line failed with a server error).
+
 Control endpoints: `GET /stats` (counters), `POST /reset` (zero counters, restart ordinals and the
 random sequence) and `POST /config` (change any `FaultConfig` field at run time).
 
@@ -43,7 +49,14 @@ HOST = "127.0.0.1"  # loopback only: this server has no business being reachable
 FAULT_KINDS: tuple[str, ...] = ("429", "500", "timeout", "truncated", "invalid_json", "length")
 INVALID_JSON_CONTENT = "this is not json {"
 READY_PREFIX = "FAULT_SERVER_READY "
-ENDPOINTS: tuple[str, ...] = ("/v1/chat/completions", "/v1/completions", "/v1/models")
+ENDPOINTS: tuple[str, ...] = (
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/models",
+    "/v1/files",
+    "/v1/batches",
+)
+BATCH_OUTCOMES: tuple[str, ...] = ("completed", "expired", "partial")
 
 Responder = Callable[[dict[str, Any], int], str]
 
@@ -64,6 +77,8 @@ class FaultConfig:
     ignore_n: bool = False  # answer one choice whatever `n` asks, as some OpenAI-compatible servers do
     # Refuse prompts longer than this many tokens with HTTP 400, in vLLM's words; None: no limit.
     max_context_tokens: int | None = None
+    batch_complete_after_s: float = 0.0  # how long a batch stays in progress
+    batch_outcome: str = "completed"  # how batches created from now on end, see BATCH_OUTCOMES
 
     def __post_init__(self) -> None:
         self.fault_kinds = tuple(self.fault_kinds)
@@ -76,6 +91,8 @@ class FaultConfig:
             raise ValueError(f"fault_rate must be within 0..1, got {self.fault_rate}")
         if self.fault_rate > 0 and not self.fault_kinds:
             raise ValueError("fault_rate > 0 needs at least one fault kind")
+        if self.batch_outcome not in BATCH_OUTCOMES:
+            raise ValueError(f"unknown batch_outcome {self.batch_outcome!r}; known: {BATCH_OUTCOMES}")
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -156,6 +173,9 @@ class _State:
         self.responder_errors = 0
         self.in_flight = 0
         self.max_in_flight = 0
+        self.files: dict[str, bytes] = {}
+        self.batches: dict[str, dict[str, Any]] = {}
+        self.batch_lines = 0  # request lines submitted in batches
         self.rng = random.Random(self.config.seed)  # so a reset server repeats its fault sequence
 
     def stats(self) -> dict[str, Any]:
@@ -169,6 +189,8 @@ class _State:
             "responder_errors": self.responder_errors,
             "in_flight": self.in_flight,
             "max_in_flight": self.max_in_flight,
+            "batches_created": len(self.batches),
+            "batch_lines": self.batch_lines,
             "config": self.config.to_json(),
         }
 
@@ -188,6 +210,22 @@ _BODY_500 = _error_body(
 _BODY_429 = _error_body("Rate limit reached (injected fault)", "requests", "rate_limit_exceeded")
 _BODY_401 = _error_body("Incorrect API key provided", "invalid_request_error", "invalid_api_key")
 _JSON = "application/json"
+
+
+def _file_object(file_id: str, size: int, filename: str) -> dict[str, Any]:
+    return {
+        "id": file_id,
+        "object": "file",
+        "bytes": size,
+        "created_at": int(time.time()),
+        "filename": filename,
+        "purpose": "batch",
+        "status": "processed",
+    }
+
+
+def _public(batch: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in batch.items() if not k.startswith("_")}
 
 
 def _json_response(body: bytes, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
@@ -309,6 +347,131 @@ def build_app(state: _State) -> web.Application:
     async def stats(request: web.Request) -> web.Response:
         return web.json_response(state.stats())
 
+    async def upload_file(request: web.Request) -> web.Response:
+        state.requests["/v1/files"] += 1
+        form = await request.post()
+        upload = form.get("file")
+        if not isinstance(upload, web.FileField) or form.get("purpose") != "batch":
+            return _json_response(
+                _error_body("need a file with purpose batch", "invalid_request_error", None), 400
+            )
+        data = upload.file.read()
+        file_id = f"file-{len(state.files) + 1:06d}"
+        state.files[file_id] = data
+        return web.json_response(_file_object(file_id, len(data), upload.filename or "input.jsonl"))
+
+    async def file_content(request: web.Request) -> web.Response:
+        data = state.files.get(request.match_info["file_id"])
+        if data is None:
+            return _json_response(_error_body("no such file", "invalid_request_error", None), 404)
+        return web.Response(body=data, content_type="application/octet-stream")
+
+    async def create_batch(request: web.Request) -> web.Response:
+        state.requests["/v1/batches"] += 1
+        body = await request.json()
+        data = state.files.get(body.get("input_file_id", ""))
+        if data is None:
+            return _json_response(_error_body("no such input file", "invalid_request_error", None), 400)
+        lines = [json.loads(line) for line in data.decode().splitlines() if line.strip()]
+        state.batch_lines += len(lines)
+        batch_id = f"batch_{len(state.batches) + 1:06d}"
+        state.batches[batch_id] = {
+            "id": batch_id,
+            "object": "batch",
+            "endpoint": body.get("endpoint", "/v1/chat/completions"),
+            "input_file_id": body["input_file_id"],
+            "completion_window": body.get("completion_window", "24h"),
+            "status": "in_progress",
+            "created_at": int(time.time()),
+            "metadata": body.get("metadata"),
+            "output_file_id": None,
+            "error_file_id": None,
+            "request_counts": {"total": len(lines), "completed": 0, "failed": 0},
+            "_lines": lines,
+            "_outcome": state.config.batch_outcome,
+            "_done_at": time.monotonic() + state.config.batch_complete_after_s,
+        }
+        return web.json_response(_public(state.batches[batch_id]))
+
+    def finish(batch: dict[str, Any]) -> None:
+        """Answer a batch's lines once its time has come, as its outcome says."""
+        if batch["status"] != "in_progress" or time.monotonic() < batch["_done_at"]:
+            return
+        lines, outcome = batch["_lines"], batch["_outcome"]
+        answered, errors = [], []
+        for i, line in enumerate(lines):
+            expired = outcome == "expired" and i >= len(lines) // 2
+            failed = outcome == "partial" and i % 3 == 2
+            if expired or failed:
+                code = "batch_expired" if expired else "server_error"
+                errors.append(
+                    {
+                        "id": f"req_{i}",
+                        "custom_id": line["custom_id"],
+                        "response": None,
+                        "error": {"code": code, "message": f"{code} (injected)"},
+                    }
+                )
+                continue
+            req = line["body"]
+            n = int(req.get("n") or 1)
+            prompt = _chat_prompt_text(req.get("messages"))
+            texts = [state.responder(req, k) for k in range(n)]
+            completion = {
+                "id": f"chatcmpl-batch-{i}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": req.get("model") or state.config.model,
+                "choices": [
+                    {
+                        "index": k,
+                        "message": {"role": "assistant", "content": t},
+                        "finish_reason": "stop",
+                        "logprobs": None,
+                    }
+                    for k, t in enumerate(texts)
+                ],
+                "usage": {
+                    "prompt_tokens": _tokens(prompt),
+                    "completion_tokens": sum(_tokens(t) for t in texts),
+                    "total_tokens": _tokens(prompt) + sum(_tokens(t) for t in texts),
+                },
+            }
+            answered.append(
+                {
+                    "id": f"req_{i}",
+                    "custom_id": line["custom_id"],
+                    "response": {"status_code": 200, "request_id": f"r{i}", "body": completion},
+                    "error": None,
+                }
+            )
+        for rows, field_name in ((answered, "output_file_id"), (errors, "error_file_id")):
+            if rows:
+                file_id = f"file-{len(state.files) + 1:06d}"
+                state.files[file_id] = "".join(json.dumps(r) + "\n" for r in rows).encode()
+                batch[field_name] = file_id
+        batch["status"] = "expired" if outcome == "expired" else "completed"
+        batch["request_counts"] = {"total": len(lines), "completed": len(answered), "failed": len(errors)}
+
+    async def get_batch(request: web.Request) -> web.Response:
+        batch = state.batches.get(request.match_info["batch_id"])
+        if batch is None:
+            return _json_response(_error_body("no such batch", "invalid_request_error", None), 404)
+        finish(batch)
+        return web.json_response(_public(batch))
+
+    async def list_batches(request: web.Request) -> web.Response:
+        data = [_public(b) for b in reversed(state.batches.values())]
+        return web.json_response(
+            {
+                "object": "list",
+                "data": data,
+                "has_more": False,
+                "first_id": data[0]["id"] if data else None,
+                "last_id": data[-1]["id"] if data else None,
+            }
+        )
+
     async def reset(request: web.Request) -> web.Response:
         state.reset()
         return web.json_response(state.stats())
@@ -328,6 +491,11 @@ def build_app(state: _State) -> web.Application:
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
     app.router.add_get("/v1/models", models)
+    app.router.add_post("/v1/files", upload_file)
+    app.router.add_get("/v1/files/{file_id}/content", file_content)
+    app.router.add_post("/v1/batches", create_batch)
+    app.router.add_get("/v1/batches", list_batches)
+    app.router.add_get("/v1/batches/{batch_id}", get_batch)
     app.router.add_get("/stats", stats)
     app.router.add_post("/reset", reset)
     app.router.add_post("/config", config)

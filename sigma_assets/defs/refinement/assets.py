@@ -17,6 +17,7 @@ from sigma_assets.defs.shared.partitions import (
     store_namespace,
 )
 from sigma_assets.defs.shared.resources import LLMResource, StorageResource
+from sigma_assets.defs.shared.spend import guard_spend
 from sigma_assets.llm.client import LLMClient, RequestFailed
 from sigma_assets.llm.generation import GenerationRequest
 from sigma_assets.llm.response_store import sample_key
@@ -58,26 +59,28 @@ def _per_problem(
 ) -> list:
     """Run `stage` on all problems; if calls fail for good, find which problems failed and why.
 
-    Every response that did arrive is already in the store, so the per-problem pass costs only the
-    failing calls again, and a retried run pays only for those.
+    The per-problem pass sends nothing that was already sent: answers come from the store and failed
+    requests from the client's failure memory (one retry budget). Only a lost connection may heal, so
+    only then may the step's RetryPolicy run the shard again.
     """
     try:
         return stage(problems)
     except RequestFailed:
         pass
-    failures: dict[str, str] = {}
+    failures: dict[str, RequestFailed] = {}
     results: list = []
     for problem in problems:
         try:
             results += stage([problem])
         except RequestFailed as exc:
-            failures[problem.problem_id] = exc.reason
-    if not failures:  # the failure was passing: every problem went through on its own
+            failures[problem.problem_id] = exc
+    if not failures:  # the failure was the batch's (e.g. a fallback it triggered), not any one problem's
         return results
-    listing = "; ".join(f"{pid}: {reason}" for pid, reason in failures.items())
+    listing = "; ".join(f"{pid}: {exc.reason}" for pid, exc in failures.items())
     raise dg.Failure(
         description=f"{what} failed for {len(failures)} of {len(problems)} problems: {listing}",
-        metadata={"failed_problems": dg.MetadataValue.json(failures)},
+        metadata={"failed_problems": dg.MetadataValue.json({p: e.reason for p, e in failures.items()})},
+        allow_retries=all(exc.heals for exc in failures.values()),
     )
 
 
@@ -99,6 +102,7 @@ def critiques(
     problems = _problems(raw_problems, sibling_sets)
     settings = settings_from_config(RefinementSettings, config)
     with critic.client(storage.root(), store_namespace("critic", context)) as client:
+        projected = guard_spend(context, client, lambda g: critique(problems, g, settings), critic, "critic_")
         rows: list[CritiqueRow] = _per_problem(
             problems, lambda ps: critique(ps, client.generate, settings, _key_of(client)), "critique"
         )
@@ -116,6 +120,7 @@ def critiques(
             "step_fallback_problems": fallback,
             "calls_per_problem": round(usage.requests / len(problems), 3) if problems else 0.0,
             **usage.as_metadata("critic_"),
+            **projected,
             "mode": settings.mode,
         }
     )
@@ -149,6 +154,16 @@ def refined_paths(
         critic.client(storage.root(), store_namespace("critic", context)) as client,
         AnswerChecker() as checker,
     ):
+        # Step mode revises depth by depth: only depth 1 can be planned, the rest is scaled from it.
+        depths = sum(len(p.sibling_sets) for p in problems) if settings.mode == "step" else None
+        projected = guard_spend(
+            context,
+            client,
+            lambda g: revise(problems, feedback, g, checker.check_many, settings),
+            critic,
+            "critic_",
+            scale_to=depths,
+        )
         refined = _per_problem(
             problems,
             lambda ps: revise(ps, feedback, client.generate, checker.check_many, settings, _key_of(client)),
@@ -176,6 +191,7 @@ def refined_paths(
                 float((frame["prompt_tokens"] + frame["completion_tokens"]).mean() or 0.0), 1
             ),
             **usage.as_metadata("critic_"),
+            **projected,
             "preview": dg.MetadataValue.md(preview),
         }
     )

@@ -9,7 +9,7 @@ import dagster as dg
 
 from sigma_assets.data.problems import ColumnNames, LoadedProblems, load_problems
 from sigma_assets.data.storage import StorageRoot
-from sigma_assets.llm.client import LLMClient, RetrySettings
+from sigma_assets.llm.client import LLMClient, RequestFailed, RetrySettings
 from sigma_assets.llm.models import build_backend
 from sigma_assets.llm.response_store import ResponseStore
 from sigma_assets.settings import BUNDLED_SMOLLM2
@@ -64,11 +64,22 @@ class LLMResource(dg.ConfigurableResource):
     device: str = "auto"
     # openai backend: "openai" (OpenAI, vLLM, any compatible server) or "transformers" (`transformers serve`).
     server: str = "openai"
+    http_transport: str = "aiohttp"  # the openai SDK's transport: "aiohttp" (fast) or "httpx"
+    max_usd_per_run: float | None = None  # SIGMA_MAX_USD_PER_RUN: a stage projected over it refuses to start
+    # The OpenAI Batch API (half price, answers within 24 h): each stage's first call goes out as one batch.
+    batch_api: bool = False
+    batch_poll_s: float = 30.0
 
     @contextmanager
     def client(self, storage: StorageRoot, namespace: str) -> Iterator[LLMClient]:
         backend = build_backend(
-            self.backend, self.model, self.base_url, self.api_key, self.device, server=self.server
+            self.backend,
+            self.model,
+            self.base_url,
+            self.api_key,
+            self.device,
+            server=self.server,
+            http_transport=self.http_transport,
         )
         store = ResponseStore(storage.path(), namespace).load()
         client = LLMClient(
@@ -79,6 +90,10 @@ class LLMResource(dg.ConfigurableResource):
         )
         try:
             yield client
+        except RequestFailed as exc:
+            # Its retry budget is spent: the step's RetryPolicy may rerun the shard only when a lost
+            # connection may have healed; anything else would fail the same way and pay again.
+            raise dg.Failure(description=str(exc), allow_retries=exc.heals) from exc
         finally:
             client.close()
         # Many small segments slow the next load; one merged segment per namespace keeps it quick.

@@ -3,6 +3,10 @@
 Retries are the client layer's job, so the SDK's own are off. `n` is sent natively; when a server
 answers with fewer choices than asked (some ignore `n`), the rest are requested one by one with
 distinct seeds.
+
+Transport: the SDK's aiohttp transport (`openai[aiohttp]`) by default; its default httpx transport is
+CPU-bound at a few hundred requests per second on a small machine, aiohttp costs about a third of the
+CPU per request. `transport="httpx"` keeps the SDK's default.
 """
 
 from __future__ import annotations
@@ -13,7 +17,6 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-import httpx
 import openai
 
 from sigma_assets.llm.client import (
@@ -25,6 +28,13 @@ from sigma_assets.llm.client import (
     ServerError,
 )
 from sigma_assets.llm.generation import FinishReason, GenerationRequest, Sample
+
+try:  # the SDK's HTTP library: httpx2 from openai 3 on, httpx before
+    import httpx2 as sdk_http
+except ImportError:  # pragma: no cover - older SDKs
+    import httpx as sdk_http  # type: ignore[no-redef]
+
+TRANSPORTS = ("aiohttp", "httpx")
 
 
 class OpenAIBackend:
@@ -40,7 +50,11 @@ class OpenAIBackend:
         max_connections: int = 512,
         extra_body: dict[str, Any] | None = None,
         generation_config_sampling: bool = False,
+        transport: str = "aiohttp",
     ):
+        if transport not in TRANSPORTS:
+            raise ValueError(f"transport={transport!r}: expected one of {', '.join(TRANSPORTS)}")
+        self.transport = transport
         self.model = model
         # `transformers serve` samples only as its `generation_config` says (its default is greedy, so
         # n children would be n copies): send the sampling settings there too. Part of the store key.
@@ -54,6 +68,9 @@ class OpenAIBackend:
         self._max_connections = max_connections
         # An httpx pool belongs to the event loop it was first used on, so the SDK client is made per
         # loop on first use (a caller may run the client under asyncio.run more than once).
+        # Loading the CA bundle costs about half a second of CPU: once per backend rather than once per
+        # event loop inside the first request's timeout, and not at all for a plain-http server.
+        self._verify: Any = False if self.endpoint.startswith("http://") else sdk_http.create_ssl_context()
         self._client: openai.AsyncOpenAI | None = None
         self._client_loop: asyncio.AbstractEventLoop | None = None
 
@@ -63,8 +80,11 @@ class OpenAIBackend:
     def _sdk(self) -> openai.AsyncOpenAI:
         loop = asyncio.get_running_loop()
         if self._client is None or self._client_loop is not loop:
-            limits = httpx.Limits(
+            limits = sdk_http.Limits(
                 max_connections=self._max_connections, max_keepalive_connections=self._max_connections
+            )
+            http_client_class = (
+                openai.DefaultAioHttpClient if self.transport == "aiohttp" else openai.DefaultAsyncHttpxClient
             )
             # A local server needs no key, but the SDK insists on one; the key never enters the store key.
             self._client = openai.AsyncOpenAI(
@@ -72,10 +92,35 @@ class OpenAIBackend:
                 api_key=self._api_key or "unused",
                 max_retries=0,
                 timeout=self._timeout_s,
-                http_client=httpx.AsyncClient(limits=limits, timeout=self._timeout_s),
+                http_client=http_client_class(limits=limits, timeout=self._timeout_s, verify=self._verify),
             )
             self._client_loop = loop
         return self._client
+
+    def request_body(self, request: GenerationRequest, n: int, seed: int | None) -> dict[str, Any]:
+        """The JSON body of a (chat) completion request: what is sent, and what a Batch API line carries."""
+        params = request.params
+        body: dict[str, Any] = {"model": self.model}
+        if request.messages is not None:
+            body["messages"] = [{"role": m.role, "content": m.content} for m in request.messages]
+            if params.json_output:
+                body["response_format"] = {"type": "json_object"}
+        else:
+            body["prompt"] = request.prompt or ""
+        body |= {
+            "n": n,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "max_tokens": params.max_tokens,
+        }
+        if params.stop:
+            body["stop"] = list(params.stop)
+        if seed is not None:
+            body["seed"] = seed
+        if self.generation_config_sampling and params.temperature > 0:
+            sampling = {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p}
+            body["generation_config"] = json.dumps(sampling | {"max_new_tokens": params.max_tokens})
+        return body | self.extra_body
 
     async def generate(self, requests: Sequence[GenerationRequest]) -> list[list[Sample]]:
         return [await self._one(request) for request in requests]
@@ -90,37 +135,18 @@ class OpenAIBackend:
         return samples[: request.params.n]
 
     async def _call(self, request: GenerationRequest, n: int, seed: int | None) -> list[Sample]:
-        params = request.params
-        common: dict[str, Any] = {
-            "model": self.model,
-            "n": n,
-            "temperature": params.temperature,
-            "top_p": params.top_p,
-            "max_tokens": params.max_tokens,
-        }
-        if params.stop:
-            common["stop"] = list(params.stop)
-        if seed is not None:
-            common["seed"] = seed
-        extra_body = dict(self.extra_body)
-        if self.generation_config_sampling and params.temperature > 0:
-            sampling = {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p}
-            extra_body["generation_config"] = json.dumps(sampling | {"max_new_tokens": params.max_tokens})
-        if extra_body:
-            common["extra_body"] = extra_body
+        path = "/chat/completions" if request.messages is not None else "/completions"
         try:
-            if request.messages is not None:
-                if params.json_output:
-                    common["response_format"] = {"type": "json_object"}
-                messages: Any = [{"role": m.role, "content": m.content} for m in request.messages]
-                response = await self._sdk().chat.completions.create(messages=messages, **common)
-                texts = [(c.message.content or "", _finish_reason(c)) for c in response.choices]
-            else:
-                response = await self._sdk().completions.create(prompt=request.prompt or "", **common)
-                texts = [(c.text, _finish_reason(c)) for c in response.choices]
+            # The SDK's own request path (auth, timeouts, errors), with a plain JSON body and the raw
+            # answer: its typed transform of the body and model parsing of the answer cost more CPU per
+            # request than everything else in the client layer together.
+            raw = await self._sdk().post(path, body=self.request_body(request, n, seed), cast_to=bytes)
+            samples = samples_from_completion(json.loads(raw))
         except openai.RateLimitError as exc:
             raise RateLimited(_describe(exc), retry_after_s=_retry_after(exc.response)) from exc
         except openai.APITimeoutError as exc:
+            if _refused(exc):
+                raise ConnectionFailed(str(exc)) from exc
             raise RequestTimeout(str(exc)) from exc
         except openai.APIConnectionError as exc:
             raise ConnectionFailed(str(exc)) from exc
@@ -135,25 +161,11 @@ class OpenAIBackend:
             if exc.status_code in (408, 409):
                 raise ServerError(_describe(exc)) from exc
             raise FatalRequestError(_describe(exc)) from exc
-        except (json.JSONDecodeError, openai.APIResponseValidationError, ValueError, TypeError) as exc:
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:  # JSONDecodeError is a ValueError
             raise InvalidResponse(f"unreadable response: {type(exc).__name__}: {exc}") from exc
-        if not response.choices:
+        if not samples:
             raise InvalidResponse("response has no choices")
-        usage = response.usage
-        prompt_tokens = usage.prompt_tokens if usage else 0
-        completion_tokens = usage.completion_tokens if usage else 0
-        # Usage comes per call: split it over the samples, remainder on the first, so sums stay exact.
-        per_sample, remainder = divmod(completion_tokens, max(1, len(texts)))
-        return [
-            Sample(
-                text=text,
-                finish_reason=reason,
-                # A prompt is billed once per call however many samples it yields.
-                prompt_tokens=prompt_tokens if index == 0 else 0,
-                completion_tokens=per_sample + (remainder if index == 0 else 0),
-            )
-            for index, (text, reason) in enumerate(texts)
-        ]
+        return samples
 
     async def close(self) -> None:
         client, self._client = self._client, None
@@ -166,12 +178,11 @@ class OpenAIBackend:
 _CONTEXT_OVERFLOW_RE = re.compile(r"context[ _]length|maximum model length|context window", re.IGNORECASE)
 
 
-def _finish_reason(choice: Any) -> FinishReason:
-    if choice.finish_reason == "length":
+def _finish_reason(choice: dict[str, Any]) -> FinishReason:
+    if choice.get("finish_reason") == "length":
         return "length"
     # vLLM adds `stop_reason`: the stop string that matched, or null when the model ended the text.
-    extra = getattr(choice, "model_extra", None) or {}
-    if "stop_reason" in extra and extra["stop_reason"] is None:
+    if "stop_reason" in choice and choice["stop_reason"] is None:
         return "end"
     return "stop"
 
@@ -180,7 +191,17 @@ def _describe(exc: openai.APIStatusError) -> str:
     return f"HTTP {exc.status_code}: {exc.message}"
 
 
-def _retry_after(response: httpx.Response | None) -> float | None:
+def _refused(exc: BaseException) -> bool:
+    """aiohttp's transport reports a refused connection as a connect timeout: look at the cause."""
+    cause = exc.__cause__
+    while cause is not None:
+        if type(cause).__name__ in ("ClientConnectorError", "ConnectError"):
+            return True
+        cause = cause.__cause__
+    return False
+
+
+def _retry_after(response: Any) -> float | None:
     if response is None:
         return None
     for header, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):
@@ -191,3 +212,26 @@ def _retry_after(response: httpx.Response | None) -> float | None:
             except ValueError:
                 continue
     return None
+
+
+def samples_from_completion(data: dict[str, Any]) -> list[Sample]:
+    """The samples of a (chat) completion response body, in choice order."""
+    choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
+    texts = [
+        ((c["message"].get("content") or "") if "message" in c else c["text"], _finish_reason(c))
+        for c in choices
+    ]
+    usage = data.get("usage") or {}
+    prompt_tokens, completion_tokens = usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
+    # Usage comes per call: split it over the samples, remainder on the first, so sums stay exact.
+    per_sample, remainder = divmod(completion_tokens, max(1, len(texts)))
+    return [
+        Sample(
+            text=text,
+            finish_reason=reason,
+            # A prompt is billed once per call however many samples it yields.
+            prompt_tokens=prompt_tokens if index == 0 else 0,
+            completion_tokens=per_sample + (remainder if index == 0 else 0),
+        )
+        for index, (text, reason) in enumerate(texts)
+    ]

@@ -1,0 +1,56 @@
+"""Before a stage sends calls: project its spend, show it, refuse to start over the cap, and in Batch API
+mode send its first call as one batch file (the stage then reads the answers from the store)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
+
+import dagster as dg
+
+from sigma_assets.defs.shared.resources import LLMResource
+from sigma_assets.llm.batch_api import run_batches
+from sigma_assets.llm.budget import BudgetExceeded, check_cap, plan_first_call, project, token_counter
+from sigma_assets.llm.client import LLMClient
+
+
+def guard_spend(
+    context: dg.AssetExecutionContext,
+    client: LLMClient,
+    stage: Callable[[Callable[..., Any]], Any],
+    resource: LLMResource,
+    prefix: str,
+    scale_to: int | None = None,
+) -> dict[str, Any]:
+    """Project what `stage(generate)` will spend before it sends anything; log it and return it as
+    metadata, or fail the step (not retried: it would be refused again) when it is over the resource's
+    `max_usd_per_run`. With `batch_api`, the stage's first call then goes out as one batch.
+
+    `scale_to`: how many requests the stage sends in all when only its first call can be planned.
+    """
+    planned = plan_first_call(stage)
+    missing = client.unanswered(planned.requests)
+    if scale_to is not None and planned.requests:
+        scale_to = round(scale_to * len(missing) / len(planned.requests))
+    projection = project(
+        client.backend.model,
+        missing,
+        client.stored_completion_tokens(),
+        token_counter(client.backend.model),
+        scale_to=scale_to,
+        batch=resource.batch_api,
+    )
+    context.log.info(f"{prefix.rstrip('_')}: {projection.describe()}")
+    try:
+        check_cap(projection, resource.max_usd_per_run)
+    except BudgetExceeded as exc:
+        raise dg.Failure(
+            description=str(exc), metadata=projection.as_metadata(prefix), allow_retries=False
+        ) from exc
+    metadata: dict[str, Any] = projection.as_metadata(prefix)
+    if resource.batch_api and missing:
+        report = run_batches(client, missing, planned.validate, poll_s=resource.batch_poll_s)
+        context.log.info(f"{prefix.rstrip('_')}: Batch API {report}")
+        metadata |= {f"{prefix}batch_{k}": v for k, v in asdict(report).items()}
+    return metadata
