@@ -98,6 +98,7 @@ def local_vllm(
     stop_timeout_s: float = 60.0,
     python: Path | None = None,
     extra_args: Sequence[str] = (),
+    env: dict[str, str] | None = None,
 ) -> Iterator[VLLMServer]:
     """Serve `model_dir` as `model_name` on 127.0.0.1; yields once `/v1/models` answers, stops on exit.
 
@@ -130,7 +131,7 @@ def local_vllm(
         *extra_args,
     ]  # fmt: skip
     process = subprocess.Popen(
-        command, env=vllm_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        command, env=vllm_env(env), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
     server = VLLMServer(model_name, port, log_path, process)
     try:
