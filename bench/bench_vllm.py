@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import tempfile
 import time
@@ -127,6 +128,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the raw figures here")
     args = parser.parse_args()
     model_dir = resolve_local_model(BUNDLED_SMOLLM2)
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
         with local_vllm(
@@ -175,7 +177,19 @@ def main() -> None:
             f"| {name} | {phase['requests']} | {phase['completion_tokens']} | {phase['seconds']:.1f} "
             f"| {phase['tokens_per_s']:.1f} | {search['tokens_per_s'] / phase['tokens_per_s']:.2f} |"
         )
-    lines += ["", f"Server start (eager, no torch.compile): {start_s:.0f} s.", ""]
+    load = ", ".join(f"{x:.1f}" for x in load_before + os.getloadavg())
+    lines += [
+        "",
+        f"Server start (eager, no torch.compile): {start_s:.0f} s. Load average (1, 5, 15 min) before and "
+        f"after the run: {load}.",
+        "",
+        "- **search ÷ same batches** is what the project adds on the way: the client layer (store, "
+        "accounting, concurrency), tree bookkeeping and answer checking between batches.",
+        "- **search ÷ all at once** is the search's whole overhead over vLLM alone: a round's rollouts wait "
+        "for its expansions and each round for the previous one, so between batches the server runs "
+        "below the concurrency it could use; more trees per shard fill the rounds.",
+        "",
+    ]
     text = "\n".join(lines)
     print(text)
     if args.write:
