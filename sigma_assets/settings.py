@@ -42,6 +42,10 @@ class Settings:
     temperatures: tuple[str, ...]
     aws_endpoint_url: str | None
     aws_region: str | None
+    # Training and evaluation: the base model fine-tuned, the named training profile, benchmark files.
+    base_model: str = BUNDLED_SMOLLM2
+    training_profile: str = "cpu"
+    eval_sets: str = ""
 
     @property
     def is_s3(self) -> bool:
@@ -90,6 +94,9 @@ class Settings:
             temperatures=_temperatures(env, "SIGMA_TEMPERATURES", "0.4,0.7"),
             aws_endpoint_url=get("AWS_ENDPOINT_URL"),
             aws_region=get("AWS_REGION"),
+            base_model=get("SIGMA_BASE_MODEL", BUNDLED_SMOLLM2) or BUNDLED_SMOLLM2,
+            training_profile=get("SIGMA_TRAINING_PROFILE", "cpu") or "cpu",
+            eval_sets=get("SIGMA_EVAL_SETS", "") or "",
         )
 
 

@@ -77,7 +77,7 @@ def test_heldout_split_is_stable_shared_and_never_trained_on(checker):
     held = heldout_ids(ids, 0.1)
     assert len(held) == 4
     assert held == heldout_ids(list(reversed(ids)), 0.1)  # order does not matter
-    assert held <= heldout_ids(ids + ["extra-1", "extra-2"], 0.2)  # a bigger share keeps the old ones
+    assert held <= heldout_ids([*ids, "extra-1", "extra-2"], 0.2)  # a bigger share keeps the old ones
     assert len(heldout_ids(ids[:3], 0.1)) == 1  # at least one problem
     assert heldout_ids(ids, 0.0) == set()
     records = [record(pid, ["3 + 4 = 7", "The answer is 7."]) for pid in ids]
