@@ -44,7 +44,7 @@ class EvalConfig(dg.Config):
     answer_timeout_s: float = 5.0
 
 
-_SMALL_EVAL_TOKENS = 64  # the bundled 135M model: short arithmetic answers, minutes not hours on CPU
+_SMALL_EVAL_TOKENS = 48  # the bundled 135M model: short arithmetic answers, minutes not hours on CPU
 
 
 @dg.asset(
