@@ -8,12 +8,16 @@ from typing import Any
 import dagster as dg
 
 from sigma_assets.data.storage import StorageRoot
+from sigma_assets.defs.evaluation import assets as evaluation
+from sigma_assets.defs.evaluation.assets import EvaluationResource
 from sigma_assets.defs.problems import assets as problems
 from sigma_assets.defs.refinement import assets as refinement
 from sigma_assets.defs.search import assets as search
 from sigma_assets.defs.shared.io_manager import AtomicParquetIOManager
 from sigma_assets.defs.shared.partitions import SETTINGS
 from sigma_assets.defs.shared.resources import LLMResource, ProblemsResource, StorageResource
+from sigma_assets.defs.training import assets as training
+from sigma_assets.defs.training.resources import TrainingResource
 from sigma_assets.settings import Settings
 
 
@@ -66,10 +70,14 @@ def build_resources(settings: Settings) -> dict[str, Any]:
             max_usd_per_run=settings.max_usd_per_run,
             batch_api=settings.critic_batch_api,
         ),
+        "training": TrainingResource(base_model=settings.base_model, profile=settings.training_profile),
+        "evaluation": EvaluationResource(eval_sets=settings.eval_sets),
+        # The trainer runs as its own process (python, accelerate or torchrun) and reports back.
+        "pipes_subprocess_client": dg.PipesSubprocessClient(),
     }
 
 
-ASSET_MODULES = [problems, search, refinement]
+ASSET_MODULES = [problems, search, refinement, training, evaluation]
 ASSETS = dg.load_assets_from_modules(ASSET_MODULES)
 CHECKS = dg.load_asset_checks_from_modules(ASSET_MODULES)
 
@@ -80,13 +88,25 @@ problems_job = dg.define_asset_job(
 )
 generation_job = dg.define_asset_job(
     "generation_job",
-    selection=dg.AssetSelection.assets(*ASSETS) - dg.AssetSelection.assets(problems.raw_problems),
+    selection=dg.AssetSelection.assets(*ASSETS)
+    - dg.AssetSelection.assets(problems.raw_problems)
+    - dg.AssetSelection.groups("training", "evaluation"),
     description="Search, siblings, critiques and refined paths for one (shard, temperature) per run.",
+)
+training_job = dg.define_asset_job(
+    "training_job",
+    selection=dg.AssetSelection.groups("training"),
+    description="The SFT set and the fine-tuned model of one variant (sigma or mcts) per run.",
+)
+evaluation_job = dg.define_asset_job(
+    "evaluation_job",
+    selection=dg.AssetSelection.groups("evaluation"),
+    description="The base model and both fine-tuned variants scored on every benchmark.",
 )
 
 defs = dg.Definitions(
     assets=ASSETS,
     asset_checks=CHECKS,
-    jobs=[problems_job, generation_job],
+    jobs=[problems_job, generation_job, training_job, evaluation_job],
     resources=build_resources(SETTINGS),
 )

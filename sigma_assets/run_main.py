@@ -12,7 +12,8 @@ import time
 
 import dagster as dg
 
-from sigma_assets.definitions import defs, generation_job, problems_job
+from sigma_assets.definitions import defs, evaluation_job, generation_job, problems_job, training_job
+from sigma_assets.evaluation.scoring import format_table
 
 # Per asset, the metadata worth a line in the terminal; the UI shows all of it.
 SUMMARY = {
@@ -21,6 +22,8 @@ SUMMARY = {
     "sibling_sets": ("problems_with_path", "sibling_mean_visits", "sibling_reached_share"),
     "critiques": ("generic_rate", "step_fallback_problems", "critic_requests"),
     "refined_paths": ("drift_rate", "regurgitation_rate", "calls_per_problem", "tokens_per_problem"),
+    "sft_dataset": ("samples", "tokens", "kept_original_share", "duplicates_removed"),
+    "finetuned_model": ("steps", "final_loss", "tokens_per_s", "path"),
 }
 # The console stays quiet; the UI keeps every event.
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -38,9 +41,9 @@ def summary(result: dg.ExecuteInProcessResult) -> str:
 
 
 def run_all(job_name: str, instance: dg.DagsterInstance, started: float) -> list[str]:
-    """One run per partition of the job; returns the keys that failed."""
+    """One run per partition of the job (one run if it is unpartitioned); returns the keys that failed."""
     job = defs.resolve_job_def(job_name)
-    keys = job.partitions_def.get_partition_keys() if job.partitions_def else []
+    keys = job.partitions_def.get_partition_keys() if job.partitions_def else [None]
     failed = []
     for index, key in enumerate(keys, start=1):
         print(f"[{time.monotonic() - started:6.0f} s] {job_name} {key} ({index}/{len(keys)}) ...", flush=True)
@@ -51,6 +54,8 @@ def run_all(job_name: str, instance: dg.DagsterInstance, started: float) -> list
         status = "ok" if result.success else "FAILED"
         print(f"  {status} in {time.monotonic() - t0:.0f} s (run {result.run_id})")
         print(summary(result), flush=True)
+        if result.success and job_name == evaluation_job.name:
+            print(format_table(result.output_for_node("eval_scores")), flush=True)
         if not result.success:
             failed.append(f"{job_name} {key}")
     return failed
@@ -61,6 +66,10 @@ def main() -> int:
     started = time.monotonic()
     failed = run_all(problems_job.name, instance, started)
     failed += run_all(generation_job.name, instance, started)
+    if not failed:
+        failed += run_all(training_job.name, instance, started)
+    if not failed:
+        failed += run_all(evaluation_job.name, instance, started)
     if failed:
         print(f"failed: {', '.join(failed)}; see the runs in the UI", file=sys.stderr)
         return 1

@@ -44,6 +44,10 @@ class Settings:
     aws_region: str | None
     max_usd_per_run: float | None = None  # None: no cap
     critic_batch_api: bool = False  # the critic's calls through the OpenAI Batch API (half price, <= 24 h)
+    # Training and evaluation: the base model fine-tuned, the named training profile, benchmark files.
+    base_model: str = BUNDLED_SMOLLM2
+    training_profile: str = "cpu"
+    eval_sets: str = ""
 
     @property
     def is_s3(self) -> bool:
@@ -94,6 +98,9 @@ class Settings:
             aws_region=get("AWS_REGION"),
             max_usd_per_run=_positive_float(env, "SIGMA_MAX_USD_PER_RUN"),
             critic_batch_api=_flag(env, "SIGMA_CRITIC_BATCH_API"),
+            base_model=get("SIGMA_BASE_MODEL", BUNDLED_SMOLLM2) or BUNDLED_SMOLLM2,
+            training_profile=get("SIGMA_TRAINING_PROFILE", "cpu") or "cpu",
+            eval_sets=get("SIGMA_EVAL_SETS", "") or "",
         )
 
 

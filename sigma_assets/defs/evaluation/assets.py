@@ -1,0 +1,164 @@
+"""eval_scores: the untuned base model and both fine-tuned variants on every benchmark, greedy."""
+
+from contextlib import ExitStack
+
+import dagster as dg
+import polars as pl
+
+from sigma_assets.defs.shared.resources import StorageResource
+from sigma_assets.defs.training.assets import VARIANTS, finetuned_model, read_heldout, sft_dataset
+from sigma_assets.defs.training.resources import TrainingResource
+from sigma_assets.evaluation import scoring
+from sigma_assets.llm.client import LLMClient
+from sigma_assets.llm.models import build_backend
+from sigma_assets.llm.response_store import ResponseStore
+from sigma_assets.method.grading import AnswerChecker
+from sigma_assets.settings import BUNDLED_SMOLLM2
+from sigma_assets.training.charts import grouped_bars_png, markdown_image
+from sigma_assets.training.model_files import local_model_dir, training_run
+
+
+class EvaluationResource(dg.ConfigurableResource):
+    """SIGMA_EVAL_SETS (`name=path,...`: MATH, GSM8K or plain problem/answer jsonl/parquet files) and the
+    backend that decodes: `transformers` (in process), `vllm` (in-process engine) or `openai` (a
+    server that serves each model under its folder path, as `vllm serve <folder>` does)."""
+
+    eval_sets: str = ""
+    backend: str = "transformers"
+    base_url: str | None = None
+    max_batch: int = 32
+
+    def sets(self, checker: AnswerChecker, storage_options: dict) -> list[scoring.EvalSet]:
+        try:
+            pairs = scoring.parse_eval_sets(self.eval_sets)
+            return [scoring.load_eval_set(n, p, checker, storage_options) for n, p in pairs]
+        except scoring.EvalSetError as exc:
+            raise dg.Failure(str(exc)) from exc
+
+
+class EvalConfig(dg.Config):
+    """Greedy decoding budget, and the bundled unseen set (used when SIGMA_EVAL_SETS is empty)."""
+
+    max_tokens: int = 256
+    bundled_problems: int = 16
+    answer_timeout_s: float = 5.0
+
+
+_SMALL_EVAL_TOKENS = 48  # the bundled 135M model: short arithmetic answers, minutes not hours on CPU
+
+
+@dg.asset(
+    group_name="evaluation",
+    deps=[finetuned_model, sft_dataset],
+    ins={
+        "raw_problems": dg.AssetIn(
+            partition_mapping=dg.AllPartitionMapping(), metadata={"allow_missing_partitions": True}
+        )
+    },
+    kinds={"polars", "parquet"},
+    description="Accuracy per (model, benchmark): the base model and the sigma / mcts fine-tunes.",
+)
+def eval_scores(
+    context: dg.AssetExecutionContext,
+    config: EvalConfig,
+    raw_problems: dict[str, pl.DataFrame],
+    storage: StorageResource,
+    training: TrainingResource,
+    evaluation: EvaluationResource,
+) -> pl.DataFrame:
+    root = storage.root()
+    max_tokens = config.max_tokens
+    if training.base_model == BUNDLED_SMOLLM2 and config.max_tokens == EvalConfig().max_tokens:
+        max_tokens = _SMALL_EVAL_TOKENS
+    with AnswerChecker(timeout_s=config.answer_timeout_s) as checker:
+        sets = evaluation.sets(checker, root.storage_options)
+        # Problems neither variant trained on; with no benchmark files, also a bundled unseen set.
+        heldout = [read_heldout(root, v) for v in VARIANTS.get_partition_keys()]
+        common = set.intersection(*(set(h["problem_id"]) for h in heldout))
+        heldout_problems = tuple(
+            scoring.EvalProblem(r["problem_id"], r["problem"], r["answer"])
+            for r in heldout[0].filter(pl.col("problem_id").is_in(common)).iter_rows(named=True)
+        )
+        if heldout_problems:
+            sets.insert(0, scoring.EvalSet(scoring.HELDOUT_BENCHMARK, heldout_problems, source="sft_dataset"))
+        if not evaluation.eval_sets:
+            seen = [t for frame in raw_problems.values() for t in frame["problem"].to_list()]
+            sets.append(scoring.bundled_eval_set(config.bundled_problems, exclude_texts=seen))
+
+        scored: list[scoring.ScoredAnswer] = []
+        evaluated = {}
+        for model in scoring.MODELS:
+            with ExitStack() as stack:
+                if model == "base":
+                    folder, fingerprint = training.base_model_dir(), training.base_model
+                else:
+                    folder = str(stack.enter_context(local_model_dir(root, model)))
+                    fingerprint = training_run(folder)["training_run"]
+                backend = build_backend(
+                    evaluation.backend, folder, base_url=evaluation.base_url, max_batch=evaluation.max_batch
+                )
+                store = ResponseStore(root.path(), f"eval/{model}/{_safe(fingerprint)}").load()
+                client = stack.enter_context(LLMClient(backend, store))
+                context.log.info(
+                    f"evaluating {model} ({folder}) on {sum(len(s.problems) for s in sets)} problems"
+                )
+                scored += scoring.evaluate(model, client.generate, sets, checker.check_many, max_tokens)
+                evaluated[model] = folder
+    table = scoring.accuracy_table(scored)
+    deltas = scoring.ablation_deltas(table)
+    bars = {
+        b: {
+            r["model"]: 100 * r["accuracy"]
+            for r in table.filter(pl.col("benchmark") == b).iter_rows(named=True)
+        }
+        for b in dict.fromkeys(table["benchmark"].to_list())
+    }
+    wrong = [s for s in scored if not s.correct][:6]
+    context.add_output_metadata(
+        {
+            "dagster/row_count": table.height,
+            "accuracy_table": dg.MetadataValue.md(f"```\n{scoring.format_table(table)}\n```"),
+            "ablation_delta_points": dg.MetadataValue.json(deltas),
+            "accuracy_chart": dg.MetadataValue.md(
+                markdown_image(grouped_bars_png(bars, "accuracy by benchmark", "accuracy (%)"), "accuracy")
+            ),
+            "benchmarks": dg.MetadataValue.json(
+                {
+                    s.name: {"problems": len(s.problems), "skipped_gold": s.skipped, "source": s.source}
+                    for s in sets
+                }
+            ),
+            "models": dg.MetadataValue.json(evaluated),
+            "max_tokens": max_tokens,
+            "wrong_examples": dg.MetadataValue.json(
+                [
+                    {"model": s.model, "problem": s.problem_id, "gold": s.gold, "prediction": s.prediction}
+                    for s in wrong
+                ]
+            ),
+        }
+    )
+    return table
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[-80:]
+
+
+@dg.asset_check(
+    asset=eval_scores,
+    description="A fine-tuned model that scores below its untuned base on a benchmark is a warning.",
+)
+def finetuned_not_below_base(eval_scores: pl.DataFrame) -> dg.AssetCheckResult:
+    accuracy = {(r["model"], r["benchmark"]): r["accuracy"] for r in eval_scores.iter_rows(named=True)}
+    base = {b: a for (m, b), a in accuracy.items() if m == "base"}
+    below = [
+        f"{model} on {benchmark}: {value:.3f} < base {base[benchmark]:.3f}"
+        for (model, benchmark), value in accuracy.items()
+        if model != "base" and benchmark in base and value < base[benchmark]
+    ]
+    return dg.AssetCheckResult(
+        passed=not below,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"below_base": dg.MetadataValue.json(below)},
+    )

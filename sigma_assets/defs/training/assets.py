@@ -1,0 +1,319 @@
+"""sft_dataset and finetuned_model: the paper's ablation as two partitions (`sigma`, `mcts`) of one graph.
+
+`sft_dataset` turns every (shard, temperature) of `refined_paths` into chat samples of its variant;
+`finetuned_model` trains the base model on them with TRL in its own process, started through Dagster
+Pipes, so the same asset runs `python` on a laptop or `torchrun` across the GPUs of one machine.
+"""
+
+import functools
+import io
+import json
+import shutil
+import sys
+import tempfile
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+
+# Not re-exported at the top level; it is what PipesSubprocessClient raises on a non-zero exit.
+from dagster._core.errors import DagsterPipesExecutionError
+
+from sigma_assets.data.storage import StorageRoot, write_atomic
+from sigma_assets.defs.shared.partitions import ONE_RUN_PER_PARTITION
+from sigma_assets.defs.shared.resources import StorageResource
+from sigma_assets.defs.training.resources import TrainingResource
+from sigma_assets.method.grading import AnswerChecker
+from sigma_assets.training import sft_data
+from sigma_assets.training.charts import histogram_png, line_png, markdown_image
+from sigma_assets.training.model_files import local_model_dir, model_path, reload_and_generate
+from sigma_assets.training.profiles import TrainingProfile, profile
+from sigma_assets.training.train import TRAINING_RUN_FILE, TrainingSpec
+
+VARIANTS = dg.StaticPartitionsDefinition(list(sft_data.VARIANTS))
+EVERY_PARTITION = {"allow_missing_partitions": True}
+PIPES_EXCEPTION = "[pipes] external process pipes closed with exception"
+
+variant_asset = functools.partial(
+    dg.asset, partitions_def=VARIANTS, backfill_policy=ONE_RUN_PER_PARTITION, group_name="training"
+)
+
+
+def heldout_path(root: StorageRoot, variant: str):
+    """Where a variant's held-out problems are recorded (the same problems for both variants)."""
+    return root.path("sft", "heldout", f"{variant}.parquet")
+
+
+def read_heldout(root: StorageRoot, variant: str) -> pl.DataFrame:
+    path = heldout_path(root, variant)
+    if not path.exists():
+        raise dg.Failure(f"no held-out slice recorded for {variant} at {path}: materialise sft_dataset first")
+    return pl.read_parquet(path.read_bytes())
+
+
+class SFTDatasetConfig(dg.Config):
+    """`max_samples` caps the set (the paper: 15K per temperature, 30K combined); `heldout_share` of
+    the problems (at least one) is kept out of both variants for evaluation."""
+
+    max_samples: int = 30_000
+    heldout_share: float = 0.1
+    seed: int = 0
+    answer_timeout_s: float = 5.0
+    preview_samples: int = 3
+
+
+def _problems_by_id(raw_problems: dict[str, pl.DataFrame]) -> dict[str, tuple[str, str]]:
+    return {
+        r["problem_id"]: (r["problem"], r["answer"])
+        for frame in raw_problems.values()
+        for r in frame.select("problem_id", "problem", "answer").iter_rows(named=True)
+    }
+
+
+def _token_lengths(frame: pl.DataFrame, model_dir: str) -> list[int]:
+    """Tokens per sample, chat template included, with the base model's tokenizer."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    chats = [[{"role": m["role"], "content": m["content"]} for m in ms] for ms in frame["messages"].to_list()]
+    return [len(tokenizer.apply_chat_template(chat, tokenize=True)["input_ids"]) for chat in chats]
+
+
+def _preview(frame: pl.DataFrame, count: int) -> str:
+    parts = []
+    for row in frame.head(count).iter_rows(named=True):
+        user, assistant = (m["content"] for m in row["messages"])
+        parts.append(
+            f"**{row['problem_id']}** (T={row['temperature']}, {row['shard']})\n\n"
+            f"*user*\n\n```\n{user}\n```\n\n*assistant*\n\n```\n{assistant}\n```"
+        )
+    return "\n\n---\n\n".join(parts) or "no samples"
+
+
+@variant_asset(
+    ins={
+        "refined_paths": dg.AssetIn(partition_mapping=dg.AllPartitionMapping(), metadata=EVERY_PARTITION),
+        "raw_problems": dg.AssetIn(partition_mapping=dg.AllPartitionMapping(), metadata=EVERY_PARTITION),
+    },
+    kinds={"polars", "parquet"},
+    description="Chat samples (user: problem, assistant: solution) of one variant: refined paths "
+    "(`sigma`) or the unrefined selected paths (`mcts`), checked, deduplicated and capped.",
+)
+def sft_dataset(
+    context: dg.AssetExecutionContext,
+    config: SFTDatasetConfig,
+    refined_paths: dict[str, pl.DataFrame],
+    raw_problems: dict[str, pl.DataFrame],
+    storage: StorageResource,
+    training: TrainingResource,
+) -> pl.DataFrame:
+    variant = context.partition_key
+    root = storage.root()
+    if not refined_paths:
+        raise dg.Failure("no partition of refined_paths is materialised: run generation_job first")
+    problems = _problems_by_id(raw_problems)
+    records: list[sft_data.PathRecord] = []
+    for key, frame in sorted(refined_paths.items()):
+        shard, temperature = key.split("|")
+        records += sft_data.path_records(frame, problems, variant, shard, temperature)
+    heldout = sft_data.heldout_ids(problems, config.heldout_share)
+    with AnswerChecker(timeout_s=config.answer_timeout_s) as checker:
+        build = sft_data.build_sft(
+            records, variant, checker.check_many, heldout, cap=config.max_samples, seed=config.seed
+        )
+    buffer = io.BytesIO()
+    sft_data.heldout_frame(problems, heldout).write_parquet(buffer)
+    write_atomic(heldout_path(root, variant), buffer.getvalue())
+
+    frame = build.frame
+    lengths = _token_lengths(frame, training.base_model_dir()) if frame.height else []
+    by_temperature = Counter(frame["temperature"].to_list())
+    context.add_output_metadata(
+        {
+            "dagster/row_count": frame.height,
+            "samples": frame.height,
+            "problems": frame["problem_id"].n_unique(),
+            "tokens": sum(lengths),
+            "max_tokens_per_sample": max(lengths, default=0),
+            "kept_original_share": round(build.kept_original_share, 4),
+            "paths_read": build.paths,
+            "rejected": dg.MetadataValue.json(dict(build.rejected)),
+            "duplicates_removed": build.duplicates,
+            "capped_out": build.capped,
+            "samples_per_temperature": dg.MetadataValue.json(dict(by_temperature)),
+            "heldout_problems": dg.MetadataValue.json(sorted(heldout)),
+            "heldout_paths_excluded": build.heldout_paths,
+            "heldout_path": dg.MetadataValue.path(str(heldout_path(root, variant))),
+            "partitions_read": len(refined_paths),
+            "length_histogram": dg.MetadataValue.md(
+                markdown_image(histogram_png(lengths, f"{variant}: tokens per sample", "tokens"), "lengths")
+            ),
+            "preview": dg.MetadataValue.md(_preview(frame, config.preview_samples)),
+        }
+    )
+    return frame
+
+
+@dg.asset_check(
+    asset=sft_dataset,
+    partitions_def=VARIANTS,
+    description="Every sample is a user turn then an assistant turn, neither empty.",
+)
+def sft_chat_format(sft_dataset: pl.DataFrame) -> dg.AssetCheckResult:
+    problems = sft_data.format_problems(sft_dataset)
+    return dg.AssetCheckResult(
+        passed=not problems and sft_dataset.height > 0,
+        metadata={"samples": sft_dataset.height, "problems": dg.MetadataValue.json(problems[:50])},
+    )
+
+
+@dg.asset_check(
+    asset=sft_dataset,
+    partitions_def=VARIANTS,
+    description="No held-out problem is in the training samples.",
+)
+def no_heldout_in_sft(
+    context: dg.AssetCheckExecutionContext, sft_dataset: pl.DataFrame, storage: StorageResource
+) -> dg.AssetCheckResult:
+    heldout = set(read_heldout(storage.root(), context.partition_key)["problem_id"])
+    leaked = sorted(heldout & set(sft_dataset["problem_id"]))
+    return dg.AssetCheckResult(
+        passed=not leaked,
+        metadata={"heldout_problems": len(heldout), "leaked": dg.MetadataValue.json(leaked)},
+    )
+
+
+# -- finetuned_model --------------------------------------------------------------------------------
+
+
+class FinetuneConfig(dg.Config):
+    """The named profile (SIGMA_TRAINING_PROFILE by default) and any of its fields overridden."""
+
+    profile: str | None = None
+    max_steps: int | None = None
+    epochs: float | None = None
+    learning_rate: float | None = None
+    per_device_batch: int | None = None
+    effective_batch: int | None = None
+    max_length: int | None = None
+    seed: int | None = None
+
+    def to_profile(self, training: TrainingResource) -> TrainingProfile:
+        overrides = self.model_dump(exclude={"profile"})
+        chosen = profile(training.checked_profile(self.profile), **overrides)
+        if training.launcher:
+            chosen = profile(chosen.name, **{**chosen.to_dict(), "launcher": training.launcher_args()})
+        return chosen
+
+
+def _trainer_error(context: dg.AssetExecutionContext) -> str | None:
+    """The exception the trainer reported through Pipes before it exited, as its own text."""
+    records = context.instance.all_logs(context.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT)
+    for record in reversed(records):
+        event = record.dagster_event
+        if event is None or event.message != PIPES_EXCEPTION:
+            continue
+        error = event.engine_event_data.error
+        if error is not None:
+            return error.to_string()
+    return None
+
+
+def _publish_model(root: StorageRoot, variant: str, built: Path) -> str:
+    """Move a finished model folder to `<root>/models/<variant>/`: readers see the old or the new one."""
+    dest = model_path(root, variant)
+    if not root.is_s3:
+        local = Path(str(dest.path))
+        old = local.with_name(f".{variant}.old-{uuid.uuid4().hex[:8]}")
+        if local.exists():
+            local.rename(old)
+        built.rename(local)
+        shutil.rmtree(old, ignore_errors=True)
+        return str(local)
+    # S3: every object is put whole; the training-run file goes last, so a model without it is partial.
+    if dest.exists():
+        for item in dest.iterdir():
+            item.unlink()
+    files = sorted((p for p in built.rglob("*") if p.is_file()), key=lambda p: p.name == TRAINING_RUN_FILE)
+    for file in files:
+        dest.fs.put_file(str(file), str(dest.joinpath(file.relative_to(built).as_posix()).path))
+    return str(dest)
+
+
+@variant_asset(
+    ins={"sft_dataset": dg.AssetIn()},
+    kinds={"transformers", "safetensors"},
+    description="The base model fine-tuned with TRL's SFTTrainer on the variant's SFT set "
+    "(safetensors, tokenizer, training arguments, loss log under <root>/models/<variant>/).",
+)
+def finetuned_model(
+    context: dg.AssetExecutionContext,
+    config: FinetuneConfig,
+    sft_dataset: pl.DataFrame,
+    storage: StorageResource,
+    training: TrainingResource,
+    pipes_subprocess_client: dg.PipesSubprocessClient,
+) -> dg.MaterializeResult:
+    variant = context.partition_key
+    root = storage.root()
+    if sft_dataset.height == 0:
+        raise dg.Failure(f"sft_dataset {variant} has no samples: nothing to train on")
+    chosen = config.to_profile(training)
+    work = Path(tempfile.mkdtemp(prefix=f"sigma-train-{variant}-"))
+    # On a local root the trainer writes next to the destination, so publishing is a rename.
+    parent = Path(str(root.path("models").path)) if not root.is_s3 else work
+    parent.mkdir(parents=True, exist_ok=True)
+    output = parent / f".{variant}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        dataset = work / "sft.parquet"
+        sft_dataset.select("messages").write_parquet(dataset)
+        spec = TrainingSpec(str(dataset), training.base_model_dir(), str(output), chosen)
+        (work / "spec.json").write_text(spec.to_json())
+        launcher = list(chosen.launcher) or [sys.executable]
+        module = ["-m", "sigma_assets.training.train", "--spec", str(work / "spec.json")]
+        command = [*launcher, *module]
+        context.log.info(f"trainer: {' '.join(command)}")
+        try:
+            invocation = pipes_subprocess_client.run(command=command, context=context)
+        except DagsterPipesExecutionError as exc:
+            reported = _trainer_error(context) or "no exception reported; see its stderr"
+            raise dg.Failure(
+                description=f"the trainer failed ({exc}): {reported}",
+                metadata={"command": " ".join(command)},
+            ) from exc
+        reported = invocation.get_materialize_result()
+        destination = _publish_model(root, variant, output)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(output, ignore_errors=True)
+    metadata = dict(reported.metadata or {})
+    losses = json.loads(json.dumps(metadata.pop("losses").value)) if "losses" in metadata else []
+    chart = line_png([(s, v) for s, v in losses], f"{variant}: training loss", "step", "loss")
+    return dg.MaterializeResult(
+        metadata={
+            **metadata,
+            "path": dg.MetadataValue.path(destination),
+            "profile": chosen.name,
+            "hyperparameters": dg.MetadataValue.json(chosen.to_dict()),
+            "base_model": training.base_model,
+            "loss_curve": dg.MetadataValue.md(markdown_image(chart, "loss")),
+        }
+    )
+
+
+@dg.asset_check(
+    asset=finetuned_model,
+    partitions_def=VARIANTS,
+    description="The trained model reloads with AutoModelForCausalLM and generates.",
+)
+def model_reloads_and_generates(
+    context: dg.AssetCheckExecutionContext, storage: StorageResource
+) -> dg.AssetCheckResult:
+    with local_model_dir(storage.root(), context.partition_key) as folder:
+        text, new_tokens = reload_and_generate(folder)
+    return dg.AssetCheckResult(
+        passed=new_tokens > 0,
+        metadata={"new_tokens": new_tokens, "sample": dg.MetadataValue.text(text[:500])},
+    )

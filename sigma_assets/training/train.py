@@ -1,0 +1,228 @@
+"""The SFT trainer process: TRL's SFTTrainer on a chat-format parquet, run under Dagster Pipes.
+
+    python -m sigma_assets.training.train --spec spec.json
+    accelerate launch -m sigma_assets.training.train --spec spec.json
+    torchrun --nproc-per-node 8 -m sigma_assets.training.train --spec spec.json
+
+The spec (a JSON file, so every rank of a multi-GPU launch reads the same one) names the dataset, the
+base model, the output folder and the training profile. Launched by Dagster, rank 0 streams each
+logged step back through Pipes and reports the materialization; an exception is reported with its
+own text and traceback before the process exits non-zero. Launched by hand, it logs to stderr.
+
+The loss is on the assistant turn only: each `messages` row becomes a conversational
+prompt/completion pair, and TRL's completion-only loss masks the prompt (whatever the chat template).
+
+Imports `dagster_pipes`, never `dagster`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from sigma_assets.training.profiles import TrainingProfile
+
+# Files of a trained model folder besides the weights and tokenizer.
+TRAINING_ARGS_FILE = "training_args.json"
+LOSS_LOG_FILE = "loss_log.json"
+# Written last: identifies this training run (evaluation keys its cached answers by it).
+TRAINING_RUN_FILE = "training_run.json"
+
+
+@dataclass(frozen=True)
+class TrainingSpec:
+    dataset_path: str  # a local parquet file with a `messages` column
+    base_model: str  # a local model folder
+    output_dir: str
+    profile: TrainingProfile
+
+    def to_json(self) -> str:
+        return json.dumps({**asdict(self), "profile": self.profile.to_dict()}, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainingSpec:
+        data = json.loads(text)
+        return cls(**{**data, "profile": TrainingProfile.from_dict(data["profile"])})
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    output_dir: str
+    steps: int
+    samples: int
+    train_runtime_s: float
+    tokens: int
+    tokens_per_s: float
+    final_loss: float | None
+    losses: list[tuple[int, float]]
+    run_id: str
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "steps": self.steps,
+            "samples": self.samples,
+            "train_runtime_s": round(self.train_runtime_s, 2),
+            "tokens": self.tokens,
+            "tokens_per_s": round(self.tokens_per_s, 1),
+            "final_loss": self.final_loss,
+            "losses": [[step, loss] for step, loss in self.losses],
+            "training_run": self.run_id,
+        }
+
+
+def _chat_to_prompt_completion(row: dict[str, Any]) -> dict[str, Any]:
+    messages = row["messages"]
+    if not messages or messages[-1]["role"] != "assistant":
+        raise ValueError(
+            f"a training row must end with an assistant turn, got roles {[m['role'] for m in messages]}"
+        )
+    return {"prompt": messages[:-1], "completion": messages[-1:]}
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def train(spec: TrainingSpec, log: Callable[[str], None] = print) -> TrainingResult:
+    """Fine-tune `spec.base_model` on `spec.dataset_path` and save it to `spec.output_dir`."""
+    import datasets
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    profile = spec.profile
+    if not Path(spec.dataset_path).is_file():
+        raise FileNotFoundError(f"training data {spec.dataset_path} does not exist")
+    data = datasets.load_dataset("parquet", data_files=spec.dataset_path, split="train")
+    if "messages" not in data.column_names:
+        raise ValueError(
+            f"{spec.dataset_path}: no `messages` column (columns: {', '.join(data.column_names)})"
+        )
+    if len(data) == 0:
+        raise ValueError(f"{spec.dataset_path}: no training samples")
+    data = data.map(_chat_to_prompt_completion, remove_columns=data.column_names)
+
+    tokenizer = AutoTokenizer.from_pretrained(spec.base_model)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    dtype = torch.bfloat16 if profile.bf16 else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(spec.base_model, dtype=dtype)
+
+    checkpoints = Path(spec.output_dir) / ".checkpoints"
+    config = SFTConfig(
+        output_dir=str(checkpoints),
+        num_train_epochs=profile.epochs,
+        max_steps=profile.max_steps,
+        per_device_train_batch_size=profile.per_device_batch,
+        gradient_accumulation_steps=profile.gradient_accumulation(world_size()),
+        learning_rate=profile.learning_rate,
+        lr_scheduler_type=profile.scheduler,
+        warmup_steps=profile.warmup_ratio,  # a float in [0, 1) is a share of the total steps
+        bf16=profile.bf16,
+        use_cpu=profile.use_cpu,
+        max_length=profile.max_length,
+        packing=profile.packing,
+        padding_free=profile.packing,
+        completion_only_loss=True,
+        gradient_checkpointing=profile.gradient_checkpointing,
+        logging_steps=profile.logging_steps,
+        save_strategy="no",
+        report_to=[],
+        seed=profile.seed,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
+
+    losses: list[tuple[int, float]] = []
+    tokens = [0]
+
+    class StreamLogs(TrainerCallback):
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any):
+            if not logs or not state.is_world_process_zero:
+                return
+            if "loss" in logs:
+                losses.append((state.global_step, float(logs["loss"])))
+            if "num_tokens" in logs:
+                tokens[0] = int(logs["num_tokens"])
+            shown = {k: round(v, 5) if isinstance(v, float) else v for k, v in logs.items()}
+            log(f"step {state.global_step}/{state.max_steps}: {json.dumps(shown)}")
+
+    trainer = SFTTrainer(
+        model=model,
+        args=config,
+        train_dataset=data,
+        processing_class=tokenizer,
+        callbacks=[StreamLogs()],
+    )
+    trainer.remove_callback(PrinterCallback)  # StreamLogs reports every logged step already
+    log(
+        f"training {spec.base_model} on {len(data)} samples, profile {profile.name} "
+        f"(effective batch {profile.per_device_batch * config.gradient_accumulation_steps * world_size()})"
+    )
+    started = time.perf_counter()
+    output = trainer.train()
+    runtime = time.perf_counter() - started
+
+    run_id = uuid.uuid4().hex
+    out = Path(spec.output_dir)
+    if trainer.is_world_process_zero():
+        trainer.save_model(str(out))  # safetensors
+        # The Trainer also pickles its arguments; no pickle goes to shared storage (JSON below instead).
+        (out / "training_args.bin").unlink(missing_ok=True)
+        tokenizer.save_pretrained(str(out))
+        (out / TRAINING_ARGS_FILE).write_text(
+            json.dumps({"profile": profile.to_dict(), "sft_config": config.to_dict()}, indent=2, default=str)
+        )
+        (out / LOSS_LOG_FILE).write_text(json.dumps(trainer.state.log_history, indent=2))
+    final = losses[-1][1] if losses else None
+    if final is not None and not math.isfinite(final):
+        raise FloatingPointError(f"training loss is {final} at step {losses[-1][0]}")
+    result = TrainingResult(
+        output_dir=str(out),
+        steps=int(output.global_step),
+        samples=len(data),
+        train_runtime_s=runtime,
+        tokens=tokens[0],
+        tokens_per_s=tokens[0] / runtime if runtime > 0 else 0.0,
+        final_loss=final,
+        losses=losses,
+        run_id=run_id,
+    )
+    if trainer.is_world_process_zero():
+        (out / TRAINING_RUN_FILE).write_text(json.dumps(result.metadata(), indent=2))
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--spec", required=True, help="the training spec (JSON file)")
+    args = parser.parse_args(argv)
+    spec = TrainingSpec.from_json(Path(args.spec).read_text())
+    if not is_main_process() or "DAGSTER_PIPES_CONTEXT" not in os.environ:
+        train(spec, log=lambda line: print(line, file=sys.stderr, flush=True))
+        return 0
+
+    from dagster_pipes import open_dagster_pipes
+
+    # An exception raised inside the block is reported to Dagster (type, text, traceback) and re-raised.
+    with open_dagster_pipes() as pipes:
+        result = train(spec, log=pipes.log.info)
+        pipes.report_asset_materialization(metadata=result.metadata())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,181 @@
+"""sft_dataset and finetuned_model through Dagster: real TRL training of the tiny model in a Pipes
+subprocess, the model published under <root>/models/<variant>/, and a failing trainer's own error."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import datasets
+import polars as pl
+import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from sigma_assets.defs.shared.io_manager import AtomicParquetIOManager
+from sigma_assets.defs.shared.partitions import SHARD_TEMPERATURE, SHARDS
+from sigma_assets.defs.shared.resources import StorageResource
+from sigma_assets.defs.training.assets import (
+    finetuned_model,
+    model_reloads_and_generates,
+    no_heldout_in_sft,
+    sft_chat_format,
+    sft_dataset,
+)
+from sigma_assets.defs.training.resources import TrainingResource
+from sigma_assets_tests.sft_fixtures import write_search_outputs
+
+REPO = Path(__file__).resolve().parent.parent
+# The search stages' tables are already on the storage root (written by the fixture).
+TRAINING_ASSETS = [
+    dg.AssetSpec("raw_problems", partitions_def=SHARDS),
+    dg.AssetSpec("refined_paths", partitions_def=SHARD_TEMPERATURE),
+    sft_dataset,
+    finetuned_model,
+    sft_chat_format,
+    no_heldout_in_sft,
+    model_reloads_and_generates,
+]
+# Three optimizer steps of two samples: seconds on the tiny model.
+FEW_STEPS = {
+    "ops": {"finetuned_model": {"config": {"max_steps": 3, "per_device_batch": 2, "effective_batch": 2}}}
+}
+
+
+def resources(root: Path, base_model: str | Path) -> dict:
+    return {
+        "storage": StorageResource(url=str(root)),
+        "io_manager": AtomicParquetIOManager(base_dir=str(root / "assets")),
+        "training": TrainingResource(base_model=str(base_model), profile="cpu"),
+        # The trainer process imports this checkout, wherever the tests run from.
+        "pipes_subprocess_client": dg.PipesSubprocessClient(
+            env={"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+        ),
+    }
+
+
+def materialize(
+    root: Path, base_model, variant: str, selection, run_config=None, raise_on_error=True, instance=None
+):
+    return dg.materialize(
+        TRAINING_ASSETS,
+        selection=selection,
+        partition_key=variant,
+        resources=resources(root, base_model),
+        run_config=run_config or {},
+        instance=instance or dg.DagsterInstance.ephemeral(),
+        raise_on_error=raise_on_error,
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> dict:
+    """Both variants' SFT sets and models, trained once for the module."""
+    root = tmp_path_factory.mktemp("storage")
+    written = write_search_outputs(root)
+    instance = dg.DagsterInstance.ephemeral()
+    results = {}
+    for variant in ("sigma", "mcts"):
+        results[variant] = materialize(
+            root,
+            tiny_model_dir,
+            variant,
+            dg.AssetSelection.assets(sft_dataset, finetuned_model)
+            | dg.AssetSelection.checks_for_assets(sft_dataset, finetuned_model),
+            run_config=FEW_STEPS,
+            instance=instance,
+        )
+    return {"root": root, "results": results, "written": written, "instance": instance}
+
+
+def test_sft_dataset_combines_both_temperatures_checked_and_deduplicated(trained):
+    root = trained["root"]
+    sigma = pl.read_parquet(root / "assets" / "sft_dataset" / "sigma.parquet")
+    mcts = pl.read_parquet(root / "assets" / "sft_dataset" / "mcts.parquet")
+    heldout = pl.read_parquet(root / "sft" / "heldout" / "sigma.parquet")
+    assert heldout.equals(pl.read_parquet(root / "sft" / "heldout" / "mcts.parquet"))
+    assert heldout.height >= 1 and not set(heldout["problem_id"]) & set(sigma["problem_id"])
+    # Per shard: problem 0 (wrong answer) and 1 (no explicit answer) never become samples.
+    written = trained["written"]
+    wrong = {rows[i]["problem_id"] for rows in written.values() for i in (0, 1)}
+    assert not wrong & set(sigma["problem_id"]) and not wrong & set(mcts["problem_id"])
+    assert set(sigma["temperature"]) == {"0.4", "0.7"}
+    texts = [tuple(m["content"] for m in ms) for ms in sigma["messages"].to_list()]
+    assert len(texts) == len(set(texts))  # problem 3's identical paths at both temperatures: kept once
+    assert sigma["kept_original"].any()  # problem 2 drifted
+    assert not mcts["kept_original"].any()
+    assert {m["content"].split("\n\n")[0].split(":")[0] for m in (ms[1] for ms in mcts["messages"])} == {
+        "We work out (T=0.4)",
+        "We work out (T=0.7)",
+        "We work out",
+    }
+    metadata = trained["results"]["sigma"].asset_materializations_for_node("sft_dataset")[0].metadata
+    assert metadata["samples"].value == sigma.height
+    assert metadata["tokens"].value > 0
+    assert metadata["kept_original_share"].value == pytest.approx(sigma["kept_original"].mean(), abs=1e-4)
+    assert metadata["duplicates_removed"].value >= 1
+    assert metadata["length_histogram"].value.startswith("![lengths](data:image/png;base64,")
+    loaded = datasets.load_dataset(
+        "parquet", data_files=str(root / "assets" / "sft_dataset" / "sigma.parquet")
+    )
+    assert loaded["train"][0]["messages"][0]["role"] == "user"
+
+
+def test_models_train_through_pipes_and_reload(trained):
+    root = trained["root"]
+    for variant, result in trained["results"].items():
+        assert result.success
+        folder = root / "models" / variant
+        assert (folder / "model.safetensors").is_file()
+        assert not list(folder.glob("*.bin")), "no pickle on shared storage"
+        args = json.loads((folder / "training_args.json").read_text())
+        assert args["profile"]["name"] == "cpu" and args["sft_config"]["max_steps"] == 3
+        assert args["sft_config"]["completion_only_loss"] is True
+        losses = [e["loss"] for e in json.loads((folder / "loss_log.json").read_text()) if "loss" in e]
+        assert len(losses) == 3
+        model = AutoModelForCausalLM.from_pretrained(folder)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        assert model.num_parameters() > 0 and tokenizer.chat_template
+        metadata = result.asset_materializations_for_node("finetuned_model")[0].metadata
+        assert metadata["steps"].value == 3
+        assert metadata["tokens_per_s"].value > 0
+        assert metadata["path"].value == str(folder)
+        assert metadata["loss_curve"].value.startswith("![loss](data:image/png;base64,")
+        checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+        assert checks == {
+            "sft_chat_format": True,
+            "no_heldout_in_sft": True,
+            "model_reloads_and_generates": True,
+        }
+    # The trainer's logged steps were streamed back through Pipes into the run's log.
+    run_id = trained["results"]["sigma"].run_id
+    logs = [r.user_message for r in trained["instance"].all_logs(run_id) if r.user_message]
+    assert any("step 3/3" in m for m in logs), logs[-10:]
+    # Nothing half-written is left beside the published models.
+    assert sorted(p.name for p in (root / "models").iterdir()) == ["mcts", "sigma"]
+
+
+def test_a_failing_trainer_fails_the_asset_with_its_own_error(trained, tmp_path: Path, tiny_model_dir: Path):
+    # A base model whose weights file was cut short: the tokenizer loads, the weights do not.
+    broken = tmp_path / "broken-model"
+    shutil.copytree(tiny_model_dir, broken)
+    (broken / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}")
+    result = materialize(
+        trained["root"],
+        broken,
+        "sigma",
+        dg.AssetSelection.assets(finetuned_model),
+        FEW_STEPS,
+        raise_on_error=False,
+    )
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    message = failure.step_failure_data.user_failure_data.description
+    assert "the trainer failed" in message
+    # The trainer's own exception, type and text, with its traceback.
+    assert "SafetensorError: Error while deserializing header" in message
+    assert "sigma_assets/training/train.py" in message
+    # The model trained before is still there, untouched.
+    assert (trained["root"] / "models" / "sigma" / "model.safetensors").is_file()
