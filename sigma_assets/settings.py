@@ -20,6 +20,10 @@ CRITIC_BACKENDS = ("transformers", "openai")
 # What answers SIGMA_POLICY_BASE_URL: any OpenAI-compatible server, or `transformers serve`.
 POLICY_SERVERS = ("openai", "transformers")
 BUNDLED_SMOLLM2 = "smollm2-135m-instruct"
+# The embedded run: 12 bundled problems in 2 shards, searched at both temperatures, fits about 15 minutes
+# on 2 CPU cores with the bundled model (see README); point SIGMA_PROBLEMS at real data for real runs.
+DEFAULT_PROBLEMS = "arithmetic:12"
+DEFAULT_NUM_SHARDS = 2
 
 
 class SettingsError(ValueError):
@@ -83,8 +87,8 @@ class Settings:
             )
         return cls(
             storage_url=storage_url,
-            problems=get("SIGMA_PROBLEMS", "arithmetic") or "arithmetic",
-            num_shards=_positive_int(env, "SIGMA_NUM_SHARDS", 4),
+            problems=get("SIGMA_PROBLEMS", DEFAULT_PROBLEMS) or DEFAULT_PROBLEMS,
+            num_shards=_positive_int(env, "SIGMA_NUM_SHARDS", DEFAULT_NUM_SHARDS),
             policy_backend=policy_backend,
             policy_model=policy_model or BUNDLED_SMOLLM2,
             policy_base_url=policy_base_url,

@@ -15,7 +15,8 @@ import polars as pl
 from sigma_assets.data.arithmetic import arithmetic_problems
 from sigma_assets.data.problems import RAW_PROBLEMS_SCHEMA
 from sigma_assets.data.shards import shard_of
-from sigma_assets.defs.refinement.assets import REFINED_SCHEMA
+from sigma_assets.data.tables import polars_schema
+from sigma_assets.method.refinement import REFINED_COLUMNS
 
 TEMPERATURES = ("0.4", "0.7")
 
@@ -28,7 +29,7 @@ def refined_row(pid: str, original: list[str], refined: list[str], drift: bool =
         "final_answer": None,
         "correct": True,
         "drift": drift,
-        "rejected_revision": "The answer is 0." if drift else None,
+        "rejected_revision": "wrong_answer" if drift else None,
         "regurgitation": False,
         "generic_feedback": False,
         "generic_depths": 0,
@@ -87,7 +88,7 @@ def write_search_outputs(root: Path, count: int = 24, num_shards: int = 2) -> di
                     original = [f"We work out: {text}", f"The answer is {answer}."]
                     refined = [f"Read the numbers in: {text}", f"The answer is {answer}."]
                 rows.append(refined_row(pid, original, refined))
-            frame = pl.DataFrame(rows, schema=REFINED_SCHEMA)
+            frame = pl.DataFrame(rows, schema=polars_schema(REFINED_COLUMNS))
             folder = root / "assets" / "refined_paths" / shard
             folder.mkdir(parents=True, exist_ok=True)
             frame.write_parquet(folder / f"{temperature}.parquet")

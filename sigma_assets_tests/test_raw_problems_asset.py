@@ -58,7 +58,7 @@ def test_every_shard_on_the_local_root(tmp_path):
     root = StorageRoot(settings.storage_url)
     frames = {key: read_shard(root, key) for key in SHARDS.get_partition_keys()}
     total = sum(len(f) for f in frames.values())
-    assert total == 32  # every bundled problem lands in exactly one shard
+    assert total == 12  # every bundled problem (the default 12) lands in exactly one shard
     for key, frame in frames.items():
         assert frame["shard"].unique().to_list() in ([key], [])
     # No temporary files are left behind by the atomic writes.
@@ -93,7 +93,7 @@ def test_every_shard_on_the_s3_root(s3_env):
         s3_env["AWS_ACCESS_KEY_ID"],
         s3_env["AWS_SECRET_ACCESS_KEY"],
     )
-    assert sum(len(read_shard(root, k)) for k in SHARDS.get_partition_keys()) == 32
+    assert sum(len(read_shard(root, k)) for k in SHARDS.get_partition_keys()) == 12
     # Secrets went in through EnvVar: they are in neither the run's config nor its event log.
     for result in results:
         events = json.dumps([str(e) for e in result.all_events])

@@ -202,7 +202,7 @@ def test_rejected_answers_are_kept_and_a_rerun_sends_nothing(tmp_path):
         # Each critique and each revision: one rejected answer, then an accepted one.
         sent = critic_server.stats()["requests"]["/v1/chat/completions"]
         assert sent == 2 * 2 * problems
-        store = ResponseStore(UPath(tmp_path / "store"), f"critic/{key}").load()
+        store = ResponseStore(UPath(tmp_path / "store"), f"critic/{key}/0.7").load()
         rejected = [s for s in store._records.values() if s.rejected]
         assert len(rejected) == 2 * problems and all("validation" not in s.text for s in rejected)
 

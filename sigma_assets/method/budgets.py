@@ -14,27 +14,27 @@ from sigma_assets.method.mcts import MCTSSettings
 from sigma_assets.method.refinement import RefinementSettings
 from sigma_assets.settings import BUNDLED_SMOLLM2
 
-# Two worked examples in ChatML, then the problem: one step per paragraph, the answer stated last.
-# The examples are not bundled problems (other names, other numbers).
+# Two worked examples in ChatML, then the problem: a step that restates what is given, then a step that
+# computes and states the answer. The examples are not bundled problems (other names, other numbers).
+# Short on purpose: on a CPU every prompt token is paid again for every sample.
 FEW_SHOT_TEMPLATE = (
     "<|im_start|>user\nKim has 14 shells and gives away 6. How many shells are left?<|im_end|>\n"
-    "<|im_start|>assistant\nKim starts with 14 shells and gives away 6.\n\n14 - 6 = 8\n\n"
-    "The answer is 8.<|im_end|>\n"
-    "<|im_start|>user\nJay buys 3 boxes with 4 pens in each box. How many pens is that in total?"
-    "<|im_end|>\n"
-    "<|im_start|>assistant\nThere are 3 boxes and each box has 4 pens.\n\n3 * 4 = 12\n\n"
-    "The answer is 12.<|im_end|>\n"
+    "<|im_start|>assistant\nKim starts with 14 shells and gives away 6.\n\n"
+    "14 - 6 = 8, so the answer is 8.<|im_end|>\n"
+    "<|im_start|>user\nJay buys 3 boxes with 4 pens in each box. How many pens is that in total?<|im_end|>\n"
+    "<|im_start|>assistant\nThere are 3 boxes with 4 pens each.\n\n"
+    "3 * 4 = 12, so the answer is 12.<|im_end|>\n"
     "<|im_start|>user\n{problem}<|im_end|>\n<|im_start|>assistant\n"
 )
 
 SMALL_SEARCH = MCTSSettings(
-    simulations=6,
-    max_depth=4,
-    step_max_tokens=40,
-    rollout_max_tokens=40,
+    simulations=4,
+    max_depth=3,
+    step_max_tokens=24,
+    rollout_max_tokens=32,
     prompt_template=FEW_SHOT_TEMPLATE,
 )
-SMALL_REFINEMENT = RefinementSettings(mode="step", critique_step_max_tokens=64, revision_step_max_tokens=48)
+SMALL_REFINEMENT = RefinementSettings(mode="step", critique_step_max_tokens=48, revision_step_max_tokens=32)
 
 
 def search_budget(policy_model: str) -> MCTSSettings:

@@ -40,7 +40,7 @@ class EvalConfig(dg.Config):
     """Greedy decoding budget, and the bundled unseen set (used when SIGMA_EVAL_SETS is empty)."""
 
     max_tokens: int = 256
-    bundled_problems: int = 16
+    bundled_problems: int = 8
     answer_timeout_s: float = 5.0
 
 
