@@ -153,12 +153,12 @@ def main() -> None:
         rows = side_by_side(scripted, scripted_policy, checker.check_many, settings)
         lines += exploration_table("Scripted policy, 64 problems, 16 simulations, depth 6", rows)
         if args.bundled:
-            problems = [(pid, text, answer) for pid, text, answer in arithmetic_problems(16)]
+            problems = arithmetic_problems(12)
             budget = replace(SMALL_SEARCH, temperature=0.7)
             with bundled_generate() as client:
                 rows = side_by_side(problems, client.generate, checker.check_many, budget)
             title = (
-                f"Bundled SmolLM2-135M, 16 bundled problems, the embedded budget ({budget.simulations} "
+                f"Bundled SmolLM2-135M, the 12 embedded problems, the embedded budget ({budget.simulations} "
                 f"simulations, depth {budget.max_depth}, temperature 0.7)"
             )
             lines += exploration_table(title, rows)
