@@ -46,7 +46,10 @@ def run_all(job_name: str, instance: dg.DagsterInstance, started: float) -> list
     keys = job.partitions_def.get_partition_keys() if job.partitions_def else [None]
     failed = []
     for index, key in enumerate(keys, start=1):
-        print(f"[{time.monotonic() - started:6.0f} s] {job_name} {key} ({index}/{len(keys)}) ...", flush=True)
+        print(
+            f"[{time.monotonic() - started:6.0f} s] {job_name} {key or ''} ({index}/{len(keys)}) ...",
+            flush=True,
+        )
         t0 = time.monotonic()
         result = job.execute_in_process(
             run_config=QUIET, instance=instance, partition_key=key, raise_on_error=False
