@@ -378,3 +378,26 @@ def test_path_revision_prompts_never_show_generic_feedback() -> None:
         prompt_of(r) for call in script.calls for r in call if "Write the revised solution" in prompt_of(r)
     ]
     assert revisions and all(generic_text not in p and "keep this step as it is" in p for p in revisions)
+
+
+@pytest.mark.parametrize(
+    ("revised_first_step", "reason"),
+    [
+        (
+            "of 2, to rewrite:\nEach bag has 3 cookies.\n\nFeedback on step 2:\nThe selected step is",
+            "several_paragraphs",
+        ),
+        ("First add 5 + 3 = 8. Steps so far (already revised): none.", "echo"),
+    ],
+)
+def test_a_revision_that_echoes_its_prompt_is_rejected_and_the_original_kept(
+    revised_first_step: str, reason: str
+) -> None:
+    # Seen from the bundled 135M reviser: the revision prompt's own labels copied into a step.
+    problem = make_problem(3)
+    script = Script(
+        revise_step=lambda step, _: step if "\\boxed" in step else revised_first_step,
+    )
+    (refined,) = refine([problem], script, exact_checker, STEP)
+    assert refined.drift and refined.rejected_revision == reason
+    assert refined.refined_steps == problem.steps and refined.correct

@@ -188,7 +188,8 @@ class RefinedPath:
     final_answer: str | None
     correct: bool
     drift: bool
-    # Why the last revision was rejected: wrong_answer | no_answer | runs_on | repetition; None if kept.
+    # Why the last revision was rejected: wrong_answer | no_answer | runs_on | repetition |
+    # several_paragraphs | echo (see `malformed_step`); None if kept.
     rejected_revision: str | None
     regurgitation: bool
     generic_feedback: bool  # any depth's feedback was generic
@@ -233,7 +234,8 @@ REFINED_COLUMNS: Table = {
     "correct": Column(pl.Boolean, "final_answer equals the gold answer."),
     "drift": Column(pl.Boolean, "Every revision attempt was rejected, so the original path was kept."),
     "rejected_revision": Column(
-        pl.String, "Why the last revision was rejected: wrong_answer, no_answer, runs_on, repetition."
+        pl.String,
+        "Why the last revision was rejected: wrong_answer, no_answer, runs_on, repetition, echo, ...",
     ),
     "regurgitation": Column(pl.Boolean, "The accepted revision equals the original, whitespace aside."),
     "generic_feedback": Column(pl.Boolean, "Any depth's feedback was generic."),
@@ -626,7 +628,7 @@ def _revise(
     # checker call per round covers every problem (the originals ride along in the first).
     golds = [st.problem.gold_answer for st in states]
     verdicts = check_answers(
-        [(g, path_answer(st.revised).answer) for g, st in zip(golds, states, strict=True)]
+        [(g, revision_answer(st.revised).answer) for g, st in zip(golds, states, strict=True)]
         + [(g, path_answer(st.problem.steps).answer) for g, st in zip(golds, states, strict=True)]
     )
     ok = dict(zip((id(st) for st in states), verdicts[: len(states)], strict=True))
@@ -637,7 +639,9 @@ def _revise(
         if not pending:
             break
         _retry_revisions(pending, caller, attempt)
-        again = check_answers([(st.problem.gold_answer, path_answer(st.revised).answer) for st in pending])
+        again = check_answers(
+            [(st.problem.gold_answer, revision_answer(st.revised).answer) for st in pending]
+        )
         ok.update(zip((id(st) for st in pending), again, strict=True))
         rejected.update((id(st), _rejection(st.revised, ok[id(st)])) for st in pending)
 
@@ -740,10 +744,39 @@ def path_answer(steps: Sequence[str]) -> FinalAnswer:
     return final_answer("\n\n".join(steps))
 
 
+# Section labels of the revision prompts: a revised step that repeats one is echoing its instructions.
+_REVISION_LABELS = ("to rewrite:", "feedback on step", "steps so far", "answer with the rewritten step")
+
+
+def malformed_step(step: str) -> str | None:
+    """Why a revised step cannot stand as one step of a path, or None.
+
+    "several_paragraphs": it holds a blank line (a step is one paragraph, as the policy writes them);
+    "echo": it repeats the revision prompt's own labels, as a weak reviser does when it continues the
+    prompt instead of answering it.
+    """
+    text = step.strip()
+    if "\n\n" in text:
+        return "several_paragraphs"
+    lowered = text.lower()
+    if any(label in lowered for label in _REVISION_LABELS):
+        return "echo"
+    return None
+
+
+def revision_answer(steps: Sequence[str]) -> FinalAnswer:
+    """`path_answer` of a revision whose every step is well formed; otherwise no answer, and why."""
+    for step in steps:
+        reason = malformed_step(step)
+        if reason is not None:
+            return FinalAnswer(None, reason)
+    return path_answer(steps)
+
+
 def _rejection(steps: Sequence[str], correct: bool) -> str | None:
     if correct:
         return None
-    verdict = path_answer(steps)
+    verdict = revision_answer(steps)
     return "wrong_answer" if verdict.ok else verdict.reason
 
 
