@@ -8,8 +8,6 @@ path mode's JSON, so it critiques and revises step by step with short answers.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from sigma_assets.method.mcts import MCTSSettings
 from sigma_assets.method.refinement import RefinementSettings
 from sigma_assets.settings import BUNDLED_SMOLLM2
@@ -46,7 +44,3 @@ def refinement_budget(critic_backend: str, critic_model: str) -> RefinementSetti
     if critic_backend == "transformers" and critic_model == BUNDLED_SMOLLM2:
         return SMALL_REFINEMENT
     return RefinementSettings()
-
-
-def with_temperature(settings: MCTSSettings, temperature: str | float) -> MCTSSettings:
-    return replace(settings, temperature=float(temperature))
