@@ -22,7 +22,9 @@ def test_first_five_assets_on_a_bundled_shard(tmp_path):
         {"SIGMA_STORAGE_URL": str(tmp_path / "store"), "SIGMA_PROBLEMS": "arithmetic:12"}
     )
     assert (settings.policy_backend, settings.critic_backend) == ("transformers", "transformers")
-    shards = collections.Counter(shard_of(p.problem_id, settings.num_shards) for p in load_problems(settings.problems).problems)
+    shards = collections.Counter(
+        shard_of(p.problem_id, settings.num_shards) for p in load_problems(settings.problems).problems
+    )
     key = shards.most_common(1)[0][0]
     # The embedded budget (few-shot prompt, small search, step-mode critic) is every asset's default.
     first_five = {"raw_problems", "mcts_trees", "sibling_sets", "critiques", "refined_paths"}

@@ -165,7 +165,7 @@ def test_search_through_a_vllm_server(tmp_path, vllm_interpreter, smollm2_dir):
         assert collections.Counter(e.request["prompt"] for e in rollouts) == collections.Counter(
             built_rollouts
         )
-        roots = {policy_prompt(problem, []) for problem in problems.values()}
+        roots = {policy_prompt(problem, [], SEARCH_TEMPLATE) for problem in problems.values()}
         assert roots <= set(received)
         for prompt in set(received) - roots:
             parent = max((p for p in received if prompt.startswith(p) and p != prompt), key=len)
@@ -228,8 +228,9 @@ def test_vllm_backend_generates_in_process(tmp_path, vllm_interpreter, smollm2_d
     assert texts[0] != texts[2]
     assert len(set(texts[0])) == 3
 
-    # A chat request goes through the model's chat template and ends on its own (greedy).
-    assert chat[0]["text"].strip() and chat[0]["finish_reason"] == "stop"
+    # A chat request goes through the model's chat template and ends on its own (greedy): "end", the
+    # model closed the text (vLLM's stop_reason is None), not a stop string.
+    assert chat[0]["text"].strip() and chat[0]["finish_reason"] == "end"
 
     # Stop strings: the same seeded request with a stop string ends right before its first
     # occurrence (the string itself is not returned); samples without it are unchanged.
