@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import dagster as dg
 
-from sigma_assets.data.storage import StorageRoot
 from sigma_assets.defs.evaluation import assets as evaluation
 from sigma_assets.defs.evaluation.assets import EvaluationResource
 from sigma_assets.defs.problems import assets as problems
@@ -15,60 +13,83 @@ from sigma_assets.defs.refinement import assets as refinement
 from sigma_assets.defs.search import assets as search
 from sigma_assets.defs.shared.io_manager import AtomicParquetIOManager
 from sigma_assets.defs.shared.partitions import SETTINGS
-from sigma_assets.defs.shared.resources import LLMResource, ProblemsResource, StorageResource
+from sigma_assets.defs.shared.resources import (
+    ModelResource,
+    OpenAIModelResource,
+    ProblemsResource,
+    S3StorageResource,
+    StorageResource,
+    TransformersModelResource,
+    VLLMEngineResource,
+)
 from sigma_assets.defs.training import assets as training
 from sigma_assets.defs.training.resources import TrainingResource
 from sigma_assets.settings import Settings
 
 
-def _secret(name: str) -> Any:
-    # EnvVar keeps the value out of run config, the UI and logs; unset secrets fall back to the
-    # standard credential chain of the client library.
-    return dg.EnvVar(name) if os.environ.get(name) else None
-
-
-def build_resources(settings: Settings) -> dict[str, Any]:
-    if settings.is_s3 and (settings.aws_endpoint_url or "").startswith("http://"):
-        # polars' object_store refuses plain-http endpoints unless told; every step process loads
-        # these definitions, so this holds wherever the IO manager reads.
-        os.environ.setdefault("AWS_ALLOW_HTTP", "true")
-    # The IO manager gets the same fsspec options as the storage root, with secrets as env references
-    # that dagster-polars resolves at run time (never values in config).
-    storage_options = StorageRoot(
-        settings.storage_url, settings.aws_endpoint_url, settings.aws_region
-    ).storage_options
+def storage_resource(settings: Settings) -> StorageResource:
     if settings.is_s3:
-        for option, variable in (("key", "AWS_ACCESS_KEY_ID"), ("secret", "AWS_SECRET_ACCESS_KEY")):
-            if os.environ.get(variable):
-                storage_options[option] = {"env": variable}
-    return {
-        "storage": StorageResource(
+        return S3StorageResource(
             url=settings.storage_url,
             endpoint_url=settings.aws_endpoint_url,
             region=settings.aws_region,
-            access_key_id=_secret("AWS_ACCESS_KEY_ID"),
-            secret_access_key=_secret("AWS_SECRET_ACCESS_KEY"),
-        ),
-        "io_manager": AtomicParquetIOManager(
-            base_dir=settings.storage_url.rstrip("/") + "/assets", storage_options=storage_options
-        ),
+            access_key_id=dg.EnvVar("AWS_ACCESS_KEY_ID"),
+            secret_access_key=dg.EnvVar("AWS_SECRET_ACCESS_KEY"),
+        )
+    return StorageResource(url=settings.storage_url)
+
+
+def model_resource(
+    backend: str,
+    model: str,
+    *,
+    base_url: str | None,
+    api_key_variable: str,
+    server: str = "openai",
+    concurrency: int = 16,
+    max_usd_per_run: float | None = None,
+    use_batch_api: bool = False,
+) -> ModelResource:
+    """The resource of one model role, by what serves it (SIGMA_POLICY_BACKEND / SIGMA_CRITIC_BACKEND)."""
+    limits: dict[str, Any] = {"concurrency": concurrency, "max_usd_per_run": max_usd_per_run}
+    if backend == "openai":
+        # EnvVar: the key is read in the step that calls, never stored in config, the UI or logs.
+        return OpenAIModelResource(
+            model=model,
+            base_url=base_url,
+            api_key=dg.EnvVar(api_key_variable),
+            server=server,
+            use_batch_api=use_batch_api,
+            **limits,
+        )
+    if backend == "vllm":
+        return VLLMEngineResource(model=model, **limits)
+    return TransformersModelResource(model=model, **limits)
+
+
+def build_resources(settings: Settings) -> dict[str, Any]:
+    storage = storage_resource(settings)
+    return {
+        "storage": storage,
+        # The same storage resource, nested: tables live under `<root>/assets/`.
+        "io_manager": AtomicParquetIOManager(storage=storage),
         "problems": ProblemsResource(source=settings.problems, num_shards=settings.num_shards),
-        "policy": LLMResource(
-            backend=settings.policy_backend,
-            model=settings.policy_model,
+        "policy": model_resource(
+            settings.policy_backend,
+            settings.policy_model,
             base_url=settings.policy_base_url,
+            api_key_variable="SIGMA_POLICY_API_KEY",
             server=settings.policy_server,
-            api_key=_secret("SIGMA_POLICY_API_KEY"),
             max_usd_per_run=settings.max_usd_per_run,
         ),
-        "critic": LLMResource(
-            backend=settings.critic_backend,
-            model=settings.critic_model,
+        "critic": model_resource(
+            settings.critic_backend,
+            settings.critic_model,
             base_url=settings.critic_base_url,
-            api_key=_secret("OPENAI_API_KEY"),
+            api_key_variable="OPENAI_API_KEY",
             concurrency=settings.critic_concurrency,
             max_usd_per_run=settings.max_usd_per_run,
-            batch_api=settings.critic_batch_api,
+            use_batch_api=settings.critic_batch_api,
         ),
         "training": TrainingResource(base_model=settings.base_model, profile=settings.training_profile),
         "evaluation": EvaluationResource(eval_sets=settings.eval_sets),

@@ -23,7 +23,7 @@ RUN_SHARD = textwrap.dedent(
     import sys
 
     from sigma_assets.definitions import ASSETS, build_resources
-    from sigma_assets.defs.shared.resources import LLMResource
+    from sigma_assets.defs.shared.resources import OpenAIModelResource, TransformersModelResource
     from sigma_assets.settings import Settings
     from sigma_assets_tests.support import materialize_shard
 
@@ -31,9 +31,9 @@ RUN_SHARD = textwrap.dedent(
     def main() -> int:
         policy_url, critic_url, shard, search_config = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
         resources = build_resources(Settings.from_env()) | {
-            "policy": LLMResource(backend="openai", model="scripted-policy", base_url=policy_url),
-            "critic": LLMResource(
-                backend="openai", model="gpt-4o-mini", base_url=critic_url, concurrency=CONCURRENCY
+            "policy": OpenAIModelResource(api_key="unused", model="scripted-policy", base_url=policy_url),
+            "critic": OpenAIModelResource(
+                api_key="unused", model="gpt-4o-mini", base_url=critic_url, concurrency=CONCURRENCY
             ),
         }
         wanted = ("raw_problems", "mcts_trees", "sibling_sets", "critiques")

@@ -19,7 +19,7 @@ from sigma_assets.defs.refinement.assets import (
     refined_paths,
 )
 from sigma_assets.defs.search.assets import mcts_trees, sibling_sets
-from sigma_assets.defs.shared.resources import LLMResource
+from sigma_assets.defs.shared.resources import OpenAIModelResource
 from sigma_assets.llm.accounting import price_of
 from sigma_assets.llm.client import ATTEMPT_SEED_STRIDE
 from sigma_assets.llm.response_store import ResponseStore
@@ -50,8 +50,8 @@ FULL_SHARD = [
 UP_TO_CRITIQUES = [raw_problems, mcts_trees, sibling_sets, critiques]
 
 
-def policy_of(server: FaultServer) -> LLMResource:
-    return LLMResource(backend="openai", model="scripted-policy", base_url=server.base_url)
+def policy_of(server: FaultServer) -> OpenAIModelResource:
+    return OpenAIModelResource(api_key="unused", model="scripted-policy", base_url=server.base_url)
 
 
 def run(settings, policy, critic, key, instance=None, assets=FULL_SHARD, raise_on_error=True, selection=None):
@@ -82,8 +82,8 @@ def test_refinement_through_faults_then_replay(tmp_path):
         ) as critic_server,
     ):
         policy = policy_of(policy_server)
-        critic = LLMResource(
-            backend="openai",
+        critic = OpenAIModelResource(
+            api_key="unused",
             model="gpt-4o-mini",
             base_url=critic_server.base_url,
             timeout_s=1.0,
@@ -139,8 +139,11 @@ def test_a_permanent_500_costs_max_attempts_and_names_the_problem(tmp_path):
         problems = search.output_for_node("raw_problems")
         solved = sorted(set(search.output_for_node("sibling_sets")["problem_id"]))
         doomed.append(problems.filter(pl.col("problem_id") == solved[0])["problem"][0])
-        critic = LLMResource(
-            backend="openai", model="gpt-4o-mini", base_url=critic_server.base_url, max_attempts=3
+        critic = OpenAIModelResource(
+            api_key="unused",
+            model="gpt-4o-mini",
+            base_url=critic_server.base_url,
+            max_attempts=3,
         )
         result = run(settings, policy, critic, key, assets=UP_TO_CRITIQUES, raise_on_error=False)
         requests = critic_server.stats()["requests"]["/v1/chat/completions"]
@@ -162,8 +165,11 @@ def test_a_critic_that_fails_everything_names_every_problem(tmp_path):
         FaultServer(responder=scripted_critic, fault_rate=1.0, fault_kinds=("500",)) as critic_server,
     ):
         policy = policy_of(policy_server)
-        critic = LLMResource(
-            backend="openai", model="gpt-4o-mini", base_url=critic_server.base_url, max_attempts=2
+        critic = OpenAIModelResource(
+            api_key="unused",
+            model="gpt-4o-mini",
+            base_url=critic_server.base_url,
+            max_attempts=2,
         )
         result = run(settings, policy, critic, key, assets=UP_TO_CRITIQUES, raise_on_error=False)
         requests = critic_server.stats()["requests"]["/v1/chat/completions"]
@@ -192,7 +198,7 @@ def test_rejected_answers_are_kept_and_a_rerun_sends_nothing(tmp_path):
         FaultServer(responder=invalid_first_answers) as critic_server,
     ):
         policy = policy_of(policy_server)
-        critic = LLMResource(backend="openai", model="gpt-4o-mini", base_url=critic_server.base_url)
+        critic = OpenAIModelResource(api_key="unused", model="gpt-4o-mini", base_url=critic_server.base_url)
         first = run(settings, policy, critic, key, instance)
         assert first.success
         refined = first.output_for_node("refined_paths")
@@ -236,8 +242,8 @@ def test_the_budget_guard_refuses_before_any_request(tmp_path):
         FaultServer(responder=scripted_critic) as critic_server,
     ):
         policy = policy_of(policy_server)
-        critic = LLMResource(
-            backend="openai",
+        critic = OpenAIModelResource(
+            api_key="unused",
             model="gpt-4o-mini",
             base_url=critic_server.base_url,
             max_usd_per_run=settings.max_usd_per_run,
@@ -259,11 +265,11 @@ def test_batch_api_mode_sends_each_stage_as_one_batch(tmp_path):
         FaultServer(responder=scripted_critic, model="gpt-4o-mini") as critic_server,
     ):
         policy = policy_of(policy_server)
-        critic = LLMResource(
-            backend="openai",
+        critic = OpenAIModelResource(
+            api_key="unused",
             model="gpt-4o-mini",
             base_url=critic_server.base_url,
-            batch_api=True,
+            use_batch_api=True,
             batch_poll_s=0.01,
         )
         result = run(settings, policy, critic, key)

@@ -8,7 +8,7 @@ import polars as pl
 from sigma_assets.definitions import build_resources
 from sigma_assets.defs.problems.assets import raw_problems
 from sigma_assets.defs.search.assets import mcts_trees, sibling_sets
-from sigma_assets.defs.shared.resources import LLMResource
+from sigma_assets.defs.shared.resources import ModelResource, OpenAIModelResource, TransformersModelResource
 from sigma_assets.settings import Settings
 from sigma_assets.testing.fault_server import FaultServer
 from sigma_assets_tests.support import (
@@ -21,7 +21,11 @@ from sigma_assets_tests.support import (
 
 
 def materialize(
-    settings: Settings, policy: LLMResource, key: str, instance: dg.DagsterInstance, temperature: str = "0.7"
+    settings: Settings,
+    policy: ModelResource,
+    key: str,
+    instance: dg.DagsterInstance,
+    temperature: str = "0.7",
 ) -> ShardRun:
     return materialize_shard(
         [raw_problems, mcts_trees, sibling_sets],
@@ -38,7 +42,7 @@ def test_search_on_s3_with_a_policy_server_replays_from_the_store(s3_env):
     key = shard_with_problems(settings)
     instance = dg.DagsterInstance.ephemeral()
     with FaultServer(responder=arithmetic_policy) as server:
-        policy = LLMResource(backend="openai", model="scripted-policy", base_url=server.base_url)
+        policy = OpenAIModelResource(api_key="unused", model="scripted-policy", base_url=server.base_url)
         first = materialize(settings, policy, key, instance)
         assert first.success
         calls = server.stats()["total"]
@@ -66,7 +70,7 @@ def test_search_with_the_tiny_local_model(tmp_path, tiny_model_dir):
         {"SIGMA_STORAGE_URL": str(tmp_path / "store"), "SIGMA_PROBLEMS": "arithmetic:8"}
     )
     key = shard_with_problems(settings)
-    policy = LLMResource(backend="transformers", model=str(tiny_model_dir), device="cpu")
+    policy = TransformersModelResource(model=str(tiny_model_dir), device="cpu")
     result = materialize(settings, policy, key, dg.DagsterInstance.ephemeral())
     assert result.success
     trees = result.output_for_node("mcts_trees")

@@ -117,7 +117,8 @@ def prefix_cache_hits(base_url: str) -> float:
     return sum(values)
 
 
-def test_search_through_a_vllm_server(tmp_path, vllm_interpreter, smollm2_dir):
+def test_search_through_a_vllm_server(tmp_path, vllm_interpreter, smollm2_dir, monkeypatch):
+    monkeypatch.setenv("SIGMA_POLICY_API_KEY", "EMPTY")  # the server checks no key; the client sends one
     with (
         local_vllm(smollm2_dir, BUNDLED_SMOLLM2, tmp_path / "vllm.log", python=vllm_interpreter) as server,
         RecordingProxy(server.base_url) as proxy,

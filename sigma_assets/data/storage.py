@@ -51,11 +51,14 @@ class StorageRoot:
         base = UPath(self.url.rstrip("/"), **self.storage_options)
         return base.joinpath(*parts) if parts else base
 
+    def allow_plain_http(self) -> None:
+        """polars' object_store refuses plain-http endpoints (a local S3 server) unless told otherwise."""
+        if self.is_s3 and self.endpoint_url and self.endpoint_url.startswith("http://"):
+            os.environ.setdefault("AWS_ALLOW_HTTP", "true")
+
     def prepare(self) -> StorageRoot:
         """Create the root (bucket included) and fail early, naming the URL, if it cannot be reached."""
-        if self.is_s3 and self.endpoint_url and self.endpoint_url.startswith("http://"):
-            # polars' object_store refuses plain-http endpoints unless told otherwise.
-            os.environ.setdefault("AWS_ALLOW_HTTP", "true")
+        self.allow_plain_http()
         root = self.path()
         try:
             if self.is_s3:

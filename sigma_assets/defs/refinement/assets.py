@@ -16,7 +16,7 @@ from sigma_assets.defs.shared.partitions import (
     search_asset,
     store_namespace,
 )
-from sigma_assets.defs.shared.resources import LLMResource, StorageResource
+from sigma_assets.defs.shared.resources import ModelResource, StorageResource
 from sigma_assets.defs.shared.spend import guard_spend
 from sigma_assets.llm.client import LLMClient, RequestFailed
 from sigma_assets.llm.generation import GenerationRequest
@@ -96,7 +96,7 @@ def critiques(
     config: RefinementConfig,
     raw_problems: pl.DataFrame,
     sibling_sets: pl.DataFrame,
-    critic: LLMResource,
+    critic: ModelResource,
     storage: StorageResource,
 ) -> pl.DataFrame:
     problems = _problems(raw_problems, sibling_sets)
@@ -144,7 +144,7 @@ def refined_paths(
     raw_problems: pl.DataFrame,
     sibling_sets: pl.DataFrame,
     critiques: pl.DataFrame,
-    critic: LLMResource,
+    critic: ModelResource,
     storage: StorageResource,
 ) -> pl.DataFrame:
     problems = _problems(raw_problems, sibling_sets)

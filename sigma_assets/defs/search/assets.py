@@ -18,7 +18,7 @@ from sigma_assets.defs.shared.partitions import (
     shard_and_temperature,
     store_namespace,
 )
-from sigma_assets.defs.shared.resources import LLMResource, StorageResource
+from sigma_assets.defs.shared.resources import ModelResource, StorageResource
 from sigma_assets.method.budgets import search_budget
 from sigma_assets.method.grading import AnswerChecker
 from sigma_assets.method.mcts import (
@@ -56,7 +56,7 @@ def mcts_trees(
     context: dg.AssetExecutionContext,
     config: SearchConfig,
     raw_problems: pl.DataFrame,
-    policy: LLMResource,
+    policy: ModelResource,
     storage: StorageResource,
 ) -> pl.DataFrame:
     _, temperature = shard_and_temperature(context)
@@ -92,7 +92,7 @@ def mcts_trees(
             "rollout_outcomes": dg.MetadataValue.json(result.rollout_outcomes),
             "answer_check_timeouts": timeouts,
             **usage.as_metadata("policy_"),
-            "policy_backend": policy.backend,
+            "policy_backend": policy.kind,
             "temperature": temperature,
             "selection_rule": SELECTION_RULE,
             "settings": dg.MetadataValue.json(

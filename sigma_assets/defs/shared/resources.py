@@ -1,4 +1,8 @@
-"""Dagster resources: typed, configurable views of the settings, with secrets taken through EnvVar."""
+"""Dagster resources: typed, configurable views of the settings.
+
+One class per storage kind and per model backend kind, so a resource holds only the fields its kind
+uses, and secrets are `dg.EnvVar` fields the kind requires (resolved in the step, never in config).
+"""
 
 from __future__ import annotations
 
@@ -10,28 +14,42 @@ import dagster as dg
 from sigma_assets.data.problems import ColumnNames, LoadedProblems, load_problems
 from sigma_assets.data.storage import StorageRoot
 from sigma_assets.llm.client import LLMClient, RequestFailed, RetrySettings
-from sigma_assets.llm.models import build_backend
+from sigma_assets.llm.generation import Backend
+from sigma_assets.llm.models import resolve_local_model
 from sigma_assets.llm.response_store import ResponseStore
 from sigma_assets.settings import BUNDLED_SMOLLM2
 
 
 class StorageResource(dg.ConfigurableResource):
-    """The storage root shared by tables, the response store and models."""
+    """A storage root on a local or mounted file system: tables, the response store and models."""
 
     url: str
-    endpoint_url: str | None = None
-    region: str | None = None
-    access_key_id: str | None = None
-    secret_access_key: str | None = None
+
+    def location(self) -> StorageRoot:
+        """The root, as is (reads and writes of existing objects)."""
+        return StorageRoot(url=self.url)
 
     def root(self) -> StorageRoot:
+        """The root, created if missing; fails early, naming the URL, when it cannot be reached."""
+        return self.location().prepare()
+
+
+class S3StorageResource(StorageResource):
+    """A storage root in an S3-compatible bucket (`s3://bucket/prefix`), with its endpoint and keys."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    access_key_id: str  # EnvVar("AWS_ACCESS_KEY_ID")
+    secret_access_key: str  # EnvVar("AWS_SECRET_ACCESS_KEY")
+
+    def location(self) -> StorageRoot:
         return StorageRoot(
             url=self.url,
             endpoint_url=self.endpoint_url,
             region=self.region,
             access_key_id=self.access_key_id,
             secret_access_key=self.secret_access_key,
-        ).prepare()
+        )
 
 
 class ProblemsResource(dg.ConfigurableResource):
@@ -50,40 +68,33 @@ class ProblemsResource(dg.ConfigurableResource):
         return load_problems(self.source, columns, storage.storage_options)
 
 
-class LLMResource(dg.ConfigurableResource):
-    """One model role (policy or critic): its backend, model and limits; every call goes through
-    `LLMClient`, with responses kept in the store under `<root>/responses/<namespace>/`."""
+class ModelResource(dg.ConfigurableResource):
+    """One model role (policy or critic) and its limits; every call goes through `LLMClient`, with
+    responses kept in the store under `<root>/responses/<namespace>/`. Subclasses say what serves it."""
 
-    backend: str = "transformers"
     model: str = BUNDLED_SMOLLM2
-    base_url: str | None = None
-    api_key: str | None = None  # set through EnvVar("OPENAI_API_KEY"): never in config or logs
     concurrency: int = 16
     max_attempts: int = 6
     timeout_s: float = 600.0
-    device: str = "auto"
-    # openai backend: "openai" (OpenAI, vLLM, any compatible server) or "transformers" (`transformers serve`).
-    server: str = "openai"
-    http_transport: str = "aiohttp"  # the openai SDK's transport: "aiohttp" (fast) or "httpx"
     max_usd_per_run: float | None = None  # SIGMA_MAX_USD_PER_RUN: a stage projected over it refuses to start
-    # The OpenAI Batch API (half price, answers within 24 h): each stage's first call goes out as one batch.
-    batch_api: bool = False
-    batch_poll_s: float = 30.0
+
+    @property
+    def kind(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def batch_api(self) -> bool:
+        """Whether a stage's first call goes out as one OpenAI Batch API file."""
+        return False
+
+    def build_backend(self) -> Backend:
+        raise NotImplementedError
 
     @contextmanager
     def client(self, storage: StorageRoot, namespace: str) -> Iterator[LLMClient]:
-        backend = build_backend(
-            self.backend,
-            self.model,
-            self.base_url,
-            self.api_key,
-            self.device,
-            server=self.server,
-            http_transport=self.http_transport,
-        )
         store = ResponseStore(storage.path(), namespace).load()
         client = LLMClient(
-            backend,
+            self.build_backend(),
             store,
             self.concurrency,
             RetrySettings(max_attempts=self.max_attempts, timeout_s=self.timeout_s),
@@ -99,3 +110,64 @@ class LLMResource(dg.ConfigurableResource):
         # Many small segments slow the next load; one merged segment per namespace keeps it quick.
         if store.segments_written + store.loaded_segments > 16:
             store.compact()
+
+
+class TransformersModelResource(ModelResource):
+    """A local model folder (or the bundled SmolLM2) run in the step's process with transformers."""
+
+    device: str = "auto"
+
+    @property
+    def kind(self) -> str:
+        return "transformers"
+
+    def build_backend(self) -> Backend:
+        from sigma_assets.llm.backends.hf_local import TransformersBackend
+
+        return TransformersBackend(resolve_local_model(self.model), device=self.device, model_name=self.model)
+
+
+class VLLMEngineResource(ModelResource):
+    """A local model folder run in the step's process by vLLM's engine (a GPU machine)."""
+
+    @property
+    def kind(self) -> str:
+        return "vllm"
+
+    def build_backend(self) -> Backend:
+        from sigma_assets.llm.backends.vllm_engine import VLLMBackend
+
+        return VLLMBackend(resolve_local_model(self.model), model_name=self.model)
+
+
+class OpenAIModelResource(ModelResource):
+    """A model behind an OpenAI-compatible API: OpenAI itself, `vllm serve`, or `transformers serve`."""
+
+    base_url: str | None = None  # None: api.openai.com
+    api_key: str  # EnvVar(...): servers without auth accept any value, e.g. EMPTY
+    # "openai" (OpenAI, vLLM, any compatible server) or "transformers" (`transformers serve`, which
+    # samples only through its generation config).
+    server: str = "openai"
+    http_transport: str = "aiohttp"  # the openai SDK's transport: "aiohttp" (fast) or "httpx"
+    # The OpenAI Batch API (half price, answers within 24 h): each stage's first call goes out as one batch.
+    use_batch_api: bool = False
+    batch_poll_s: float = 30.0
+
+    @property
+    def kind(self) -> str:
+        return "openai"
+
+    @property
+    def batch_api(self) -> bool:
+        return self.use_batch_api
+
+    def build_backend(self) -> Backend:
+        from sigma_assets.llm.backends.openai_compat import OpenAIBackend
+
+        return OpenAIBackend(
+            self.model,
+            base_url=self.base_url,
+            api_key=self.api_key,
+            transport=self.http_transport,
+            generation_config_sampling=self.server == "transformers",
+        )

@@ -9,7 +9,7 @@ from typing import Any
 
 import dagster as dg
 
-from sigma_assets.defs.shared.resources import LLMResource
+from sigma_assets.defs.shared.resources import ModelResource
 from sigma_assets.llm.batch_api import run_batches
 from sigma_assets.llm.budget import BudgetExceeded, check_cap, plan_first_call, project, token_counter
 from sigma_assets.llm.client import LLMClient
@@ -19,7 +19,7 @@ def guard_spend(
     context: dg.AssetExecutionContext,
     client: LLMClient,
     stage: Callable[[Callable[..., Any]], Any],
-    resource: LLMResource,
+    resource: ModelResource,
     prefix: str,
     scale_to: int | None = None,
 ) -> dict[str, Any]:
