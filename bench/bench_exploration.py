@@ -29,8 +29,9 @@ from bench_search import _replace_section
 
 from sigma_assets.data.arithmetic import arithmetic_problems
 from sigma_assets.llm.generation import GenerationRequest, Sample
+from sigma_assets.method.answers import final_answer
 from sigma_assets.method.budgets import SMALL_SEARCH
-from sigma_assets.method.grading import AnswerChecker, final_answer
+from sigma_assets.method.grading import AnswerChecker
 from sigma_assets.method.mcts import MCTSSettings, run_search, selected_path
 from sigma_assets.method.siblings import exploration_stats, sibling_sets
 

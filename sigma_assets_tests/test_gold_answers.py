@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from sigma_assets.data.problems import load_problems
+from sigma_assets.method.answers import extract_answer
 from sigma_assets.method.gold_answers import (
     BOUND,
     EMPTY,
@@ -24,7 +25,6 @@ from sigma_assets.method.grading import (
     PARSE_DROPS,
     UNPARSED,
     AnswerChecker,
-    extract_answer,
     gold_alternatives,
 )
 

@@ -8,13 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from sigma_assets.method.grading import (
-    AnswerChecker,
-    answers_match,
-    extract_answer,
-    has_final_answer,
-    normalize_answer,
-)
+from sigma_assets.method.answers import extract_answer, has_final_answer
+from sigma_assets.method.grading import AnswerChecker, answers_match, normalize_answer
 
 # `(10^{100000})!` parses instantly but sympy's comparison runs for far longer than any test timeout.
 HANGING_GOLD = "(10^{100000})!"

@@ -11,7 +11,7 @@ import pytest
 from sigma_assets.data.problems import load_problems
 from sigma_assets.data.shards import shard_of
 from sigma_assets.definitions import ASSETS, CHECKS, build_resources
-from sigma_assets.method.grading import final_answer
+from sigma_assets.method.answers import final_answer
 from sigma_assets.settings import Settings
 from sigma_assets_tests.support import materialize_shard
 

@@ -23,8 +23,9 @@ from upath import UPath
 
 from sigma_assets.data.arithmetic import arithmetic_problems
 from sigma_assets.data.tables import Column, Table, polars_schema
+from sigma_assets.method.answers import extract_boxed
 from sigma_assets.method.gold_answers import gradeable_golds, normalize_gold
-from sigma_assets.method.grading import AnswerChecker, extract_boxed
+from sigma_assets.method.grading import AnswerChecker
 
 PROBLEM_COLUMNS = ("problem", "question")
 ANSWER_COLUMNS = ("answer", "final_answer")

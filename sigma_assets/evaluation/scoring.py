@@ -1,7 +1,7 @@
 """Evaluation: benchmark sets, batched greedy decoding, answer extraction and checking, the accuracy table.
 
 Zero-shot greedy decoding in the student's prompt format (the one it was trained on). The answer is
-the last `\\boxed{}`, else "The answer is …", else the last number (`grading.extract_answer`), and it
+the last `\\boxed{}`, else "The answer is …", else the last number (`answers.extract_answer`), and it
 is compared with the gold answer by math-verify, gold first (`AnswerChecker.check_many`). Gold answers
 go through the same validation as training problems, so an ungradeable gold answer is skipped (and
 counted), never scored as a wrong prediction.
@@ -21,7 +21,8 @@ import polars as pl
 from sigma_assets.data.arithmetic import arithmetic_problems
 from sigma_assets.data.problems import load_problems
 from sigma_assets.llm.generation import GenerationRequest, Sample, SamplingParams, user
-from sigma_assets.method.grading import AnswerChecker, extract_answer
+from sigma_assets.method.answers import extract_answer
+from sigma_assets.method.grading import AnswerChecker
 from sigma_assets.training.sft_data import student_prompt
 
 MODELS = ("base", "sigma", "mcts")

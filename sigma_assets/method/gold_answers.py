@@ -30,11 +30,11 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from sigma_assets.method.answers import extract_boxed
 from sigma_assets.method.grading import (
     FUNCTION_NAMES,
     GOLD_ALTERNATIVES_JOINER,
     AnswerChecker,
-    extract_boxed,
     gold_alternatives,
 )
 

@@ -7,7 +7,7 @@ rollout each in ONE more `generate` call (plus ONE checker call), and backs the 
 of model calls per round is therefore constant in the number of problems; only the batch grows.
 
 Terminal steps (DESIGN §1). Only an explicit final answer can be correct. A new step is terminal when
-  - it states a final answer (`grading.final_answer`: a `\\boxed{}` or "The answer is ...") that closes
+  - it states a final answer (`answers.final_answer`: a `\\boxed{}` or "The answer is ...") that closes
     the text: valued +1 if it equals the ground truth, else -1;
   - it states one and runs on after it, or the path repeats a line (`runs_on`, `repetition`): -1;
   - it ends without one: the model ended the text (`end_of_text`), the step was cut at the token limit
@@ -41,7 +41,7 @@ import polars as pl
 
 from sigma_assets.data.tables import Column, Table
 from sigma_assets.llm.generation import GenerationRequest, Sample, SamplingParams
-from sigma_assets.method.grading import final_answer, repeated_line
+from sigma_assets.method.answers import final_answer, repeated_line
 
 CHATML_TEMPLATE = (
     "<|im_start|>user\n{problem}\n"

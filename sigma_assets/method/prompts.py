@@ -17,7 +17,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 
-from sigma_assets.method.grading import extract_boxed
+from sigma_assets.method.answers import extract_boxed
 from sigma_assets.method.siblings import Outcome, SiblingSet
 
 # ---------------------------------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ import polars as pl
 from sigma_assets.data.tables import Column, Table
 from sigma_assets.llm.client import RequestFailed
 from sigma_assets.llm.generation import GenerationRequest, Sample, SamplingParams, user
-from sigma_assets.method.grading import FinalAnswer, final_answer
+from sigma_assets.method.answers import FinalAnswer, final_answer
 from sigma_assets.method.prompts import (
     CRITIC_INSTRUCTIONS,
     describe_outcome,

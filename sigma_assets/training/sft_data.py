@@ -5,7 +5,7 @@ Two variants of the same problems make the paper's ablation: `sigma` trains on t
 30K set is its two 15K sets). A slice of problems is held out of both variants by a stable hash of the
 problem id, so the fine-tuned models can be scored on problems they never trained on.
 
-Only a path whose text closes with an explicit final answer (`grading.final_answer`) that the answer
+Only a path whose text closes with an explicit final answer (`answers.final_answer`) that the answer
 checker accepts against the gold answer becomes a sample; nothing is graded by a last-number guess.
 
 No Dagster imports.
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
-from sigma_assets.method.grading import final_answer
+from sigma_assets.method.answers import final_answer
 
 VARIANTS = ("sigma", "mcts")
 # The paper's student prompt (Qwen2.5-Math chain-of-thought): the problem, then this line.
