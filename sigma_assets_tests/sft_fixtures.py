@@ -16,7 +16,7 @@ from sigma_assets.data.arithmetic import arithmetic_problems
 from sigma_assets.data.problems import RAW_PROBLEMS_SCHEMA
 from sigma_assets.data.shards import shard_of
 from sigma_assets.data.tables import polars_schema
-from sigma_assets.method.refinement import REFINED_COLUMNS
+from sigma_assets.method.refinement_records import REFINED_COLUMNS
 
 TEMPERATURES = ("0.4", "0.7")
 

@@ -9,7 +9,8 @@ import pytest
 from sigma_assets.llm.accounting import price_of
 from sigma_assets.llm.budget import BudgetExceeded, check_cap, plan_first_call, project, token_counter
 from sigma_assets.llm.generation import GenerationRequest, SamplingParams, user
-from sigma_assets.method.refinement import ProblemPaths, RefinementSettings, critique
+from sigma_assets.method.refinement import critique
+from sigma_assets.method.refinement_records import ProblemPaths, RefinementSettings
 from sigma_assets.method.siblings import SiblingSet
 from sigma_assets.settings import Settings, SettingsError
 

@@ -22,11 +22,9 @@ from sigma_assets.method.mcts import (
     sampling_seed,
     select_child,
     selected_path,
-    tree_from_rows,
-    tree_rows,
-    trees_from_rows,
     uct_score,
 )
+from sigma_assets.method.tree_table import tree_from_rows, tree_rows, trees_from_rows
 
 ASSISTANT = "<|im_start|>assistant\n"
 

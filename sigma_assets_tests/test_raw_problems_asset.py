@@ -232,9 +232,9 @@ def test_atomic_write_leaves_no_partial_file(tmp_path):
 
 def test_every_asset_publishes_a_described_schema_that_matches_its_table():
     from sigma_assets.data.problems import RAW_PROBLEMS_COLUMNS
-    from sigma_assets.method.mcts import TREE_COLUMNS
-    from sigma_assets.method.refinement import CRITIQUE_COLUMNS, REFINED_COLUMNS
+    from sigma_assets.method.refinement_records import CRITIQUE_COLUMNS, REFINED_COLUMNS
     from sigma_assets.method.siblings import SIBLING_COLUMNS
+    from sigma_assets.method.tree_table import TREE_COLUMNS
 
     tables = {
         "raw_problems": RAW_PROBLEMS_COLUMNS,

@@ -11,16 +11,9 @@ import pytest
 
 from sigma_assets.llm.client import RequestFailed
 from sigma_assets.llm.generation import GenerationRequest, Sample
-from sigma_assets.method.refinement import (
-    ProblemPaths,
-    RefinementSettings,
-    critique,
-    is_generic_feedback,
-    problem_paths,
-    refine,
-    refine_all,
-    render_preview_markdown,
-)
+from sigma_assets.method.feedback import is_generic_feedback
+from sigma_assets.method.refinement import critique, refine, refine_all, render_preview_markdown
+from sigma_assets.method.refinement_records import ProblemPaths, RefinementSettings, problem_paths
 from sigma_assets.method.siblings import Outcome, Sibling, SiblingSet
 
 PATH = RefinementSettings(mode="path")

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import polars as pl
 
 from sigma_assets.llm.generation import GenerationRequest, Sample
-from sigma_assets.method.mcts import MCTSSettings, Node, Tree, run_search, selected_path, tree_rows
+from sigma_assets.method.mcts import MCTSSettings, Node, Tree, run_search, selected_path
 from sigma_assets.method.siblings import (
     ExplorationStats,
     Outcome,
@@ -18,6 +18,7 @@ from sigma_assets.method.siblings import (
     sibling_sets,
     sibling_sets_from_rows,
 )
+from sigma_assets.method.tree_table import tree_rows
 
 # The same scripted policies as test_mcts (kept here so each test module imports on its own).
 

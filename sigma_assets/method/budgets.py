@@ -9,7 +9,7 @@ path mode's JSON, so it critiques and revises step by step with short answers.
 from __future__ import annotations
 
 from sigma_assets.method.mcts import MCTSSettings
-from sigma_assets.method.refinement import RefinementSettings
+from sigma_assets.method.refinement_records import RefinementSettings
 from sigma_assets.settings import BUNDLED_SMOLLM2
 
 # Two worked examples in ChatML, then the problem: a step that restates what is given, then a step that

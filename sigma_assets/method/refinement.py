@@ -27,19 +27,14 @@ problems. No Dagster imports: `generate` is `LLMClient.generate` or any function
 from __future__ import annotations
 
 import html
-import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, Protocol, TypeVar
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
-import polars as pl
-
-from sigma_assets.data.tables import Column, Table
 from sigma_assets.llm.client import RequestFailed
 from sigma_assets.llm.generation import GenerationRequest, Sample, SamplingParams, user
-from sigma_assets.method.answers import FinalAnswer, final_answer
+from sigma_assets.method.feedback import is_generic_feedback
 from sigma_assets.method.prompts import (
-    CRITIC_INSTRUCTIONS,
     describe_outcome,
     parse_path_critique,
     parse_path_revision,
@@ -49,304 +44,22 @@ from sigma_assets.method.prompts import (
     render_step_critique,
     render_step_revision,
 )
+from sigma_assets.method.refinement_records import (
+    CallStats,
+    CheckAnswers,
+    CritiqueMode,
+    CritiqueRow,
+    Generate,
+    ProblemPaths,
+    RefinedPath,
+    RefinementSettings,
+    RequestKey,
+    RevisionMode,
+)
+from sigma_assets.method.revision_rules import path_answer, rejection_reason, revision_answer
 from sigma_assets.method.siblings import SiblingSet
 
-T = TypeVar("T")
-Mode = Literal["path", "step"]
-CritiqueMode = Literal["path", "step", "step-fallback"]
-RevisionMode = Literal["path", "step", "step-fallback"]
-Validator = Callable[[Sample], None]
-# Pairs are (gold, prediction), gold first (math-verify is asymmetric).
-CheckAnswers = Callable[[Sequence[tuple[str, str | None]]], list[bool]]
-RequestKey = Callable[[GenerationRequest], str]
-
-
-class Generate(Protocol):
-    """`LLMClient.generate`: per request its samples; `validate` raises ValueError on an unusable sample."""
-
-    def __call__(
-        self, requests: Sequence[GenerationRequest], validate: Validator | None = None
-    ) -> list[list[Sample]]: ...
-
-
-@dataclass(frozen=True)
-class RefinementSettings:
-    mode: Mode = "path"
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int | None = 0
-    critique_path_max_tokens: int = 1536
-    critique_step_max_tokens: int = 384
-    revision_path_max_tokens: int = 2048
-    revision_step_max_tokens: int = 512
-    # A drifted revision is retried this many times, sampled at `retry_temperature` with a new seed
-    # (at temperature 0 another seed alone would return the same text).
-    drift_retries: int = 1
-    retry_temperature: float = 0.7
-    # Weak critics (e.g. SmolLM2-135M) rarely write valid JSON or labelled steps: fall back to step mode.
-    step_fallback: bool = True
-    # When a batched call fails for good, resend its requests one by one so one bad answer does not send
-    # every problem of the batch to the fallback. Off: the whole batch falls back at once (cheaper with
-    # a critic that almost never validates).
-    isolate_failures: bool = True
-    # Generic-feedback heuristic, see `is_generic_feedback`.
-    generic_min_words: int = 6
-    generic_min_overlap: int = 1
-
-    def __post_init__(self) -> None:
-        if self.mode not in ("path", "step"):
-            raise ValueError(f"mode must be 'path' or 'step', got {self.mode!r}")
-        if self.drift_retries < 0:
-            raise ValueError(f"drift_retries must be >= 0, got {self.drift_retries}")
-
-
-@dataclass(frozen=True)
-class ProblemPaths:
-    """One problem with its selected path, as sibling sets ordered by depth 1..D."""
-
-    problem_id: str
-    problem: str
-    gold_answer: str
-    sibling_sets: tuple[SiblingSet, ...]
-
-    def __post_init__(self) -> None:
-        depths = [r.depth for r in self.sibling_sets]
-        if depths != list(range(1, len(depths) + 1)):
-            raise ValueError(f"{self.problem_id}: sibling sets must cover depths 1..D in order, got {depths}")
-        if not self.sibling_sets:
-            raise ValueError(f"{self.problem_id}: a selected path has at least one step")
-        if any(r.problem_id != self.problem_id for r in self.sibling_sets):
-            raise ValueError(f"{self.problem_id}: sibling sets of another problem mixed in")
-
-    @property
-    def steps(self) -> tuple[str, ...]:
-        return tuple(r.selected_step for r in self.sibling_sets)
-
-
-def problem_paths(
-    sibling_sets: Iterable[SiblingSet], problems: Mapping[str, tuple[str, str]]
-) -> list[ProblemPaths]:
-    """Group sibling sets by problem; `problems` maps problem_id to (problem text, gold answer)."""
-    grouped: dict[str, list[SiblingSet]] = {}
-    for record in sibling_sets:
-        grouped.setdefault(record.problem_id, []).append(record)
-    out = []
-    for problem_id in sorted(grouped):
-        if problem_id not in problems:
-            raise KeyError(f"no problem text for {problem_id}")
-        text, gold = problems[problem_id]
-        records = tuple(sorted(grouped[problem_id], key=lambda r: r.depth))
-        out.append(ProblemPaths(problem_id, text, gold, records))
-    return out
-
-
-@dataclass
-class CallStats:
-    """Model calls made for one problem (requests sent, failed ones included) and the tokens they cost."""
-
-    calls: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    response_keys: list[str] = field(default_factory=list)
-
-    def add(self, other: CallStats) -> None:
-        self.calls += other.calls
-        self.prompt_tokens += other.prompt_tokens
-        self.completion_tokens += other.completion_tokens
-        self.response_keys.extend(other.response_keys)
-
-
-@dataclass(frozen=True)
-class CritiqueRow:
-    """Feedback for one depth. The cost of a call is on the first row it produced (sums are exact)."""
-
-    problem_id: str
-    depth: int
-    feedback: str
-    generic: bool
-    mode: CritiqueMode
-    calls: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    response_keys: tuple[str, ...] = ()
-
-    def to_row(self) -> dict[str, Any]:
-        row = asdict(self)
-        row["response_keys"] = list(self.response_keys)
-        return row
-
-    @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> CritiqueRow:
-        return cls(**{**row, "response_keys": tuple(row.get("response_keys") or ())})
-
-
-@dataclass(frozen=True)
-class RefinedPath:
-    problem_id: str
-    original_steps: tuple[str, ...]
-    refined_steps: tuple[str, ...]  # the original steps again when the revision drifted
-    final_answer: str | None
-    correct: bool
-    drift: bool
-    # Why the last revision was rejected: wrong_answer | no_answer | runs_on | repetition |
-    # several_paragraphs | echo (see `malformed_step`); None if kept.
-    rejected_revision: str | None
-    regurgitation: bool
-    generic_feedback: bool  # any depth's feedback was generic
-    generic_depths: int
-    critique_mode: CritiqueMode
-    revision_mode: RevisionMode
-    revision_attempts: int  # 1 + drift retries spent
-    calls: int  # critique and revision together
-    prompt_tokens: int
-    completion_tokens: int
-    response_keys: tuple[str, ...] = ()
-
-    def to_row(self) -> dict[str, Any]:
-        row = asdict(self)
-        for name in ("original_steps", "refined_steps", "response_keys"):
-            row[name] = list(row[name])
-        return row
-
-
-CRITIQUE_COLUMNS: Table = {
-    "problem_id": Column(pl.String, "The problem."),
-    "depth": Column(pl.Int64, "The depth of the selected path this feedback is for."),
-    "feedback": Column(pl.String, "The critic's feedback on the selected step against its siblings."),
-    "generic": Column(
-        pl.Boolean,
-        "No depth-specific content, or an echo of the instructions: never shown to a revision.",
-    ),
-    "mode": Column(pl.String, "path, step, or step-fallback (a path critique that never validated)."),
-    "calls": Column(pl.Int64, "Critic requests booked on this row (a call's cost is on its first row)."),
-    "prompt_tokens": Column(pl.Int64, "Prompt tokens of those requests."),
-    "completion_tokens": Column(pl.Int64, "Completion tokens of those requests."),
-    "response_keys": Column(pl.List(pl.String), "Response-store keys of those requests."),
-    "critic_model": Column(pl.String, "The critic model."),
-}
-
-
-REFINED_COLUMNS: Table = {
-    "problem_id": Column(pl.String, "The problem."),
-    "original_steps": Column(pl.List(pl.String), "The selected path as the search found it."),
-    "refined_steps": Column(pl.List(pl.String), "The revised path; the original path again after drift."),
-    "final_answer": Column(pl.String, "The explicit answer that closes the refined path."),
-    "correct": Column(pl.Boolean, "final_answer equals the gold answer."),
-    "drift": Column(pl.Boolean, "Every revision attempt was rejected, so the original path was kept."),
-    "rejected_revision": Column(
-        pl.String,
-        "Why the last revision was rejected: wrong_answer, no_answer, runs_on, repetition, echo, ...",
-    ),
-    "regurgitation": Column(pl.Boolean, "The accepted revision equals the original, whitespace aside."),
-    "generic_feedback": Column(pl.Boolean, "Any depth's feedback was generic."),
-    "generic_depths": Column(pl.Int64, "How many depths had generic feedback."),
-    "critique_mode": Column(pl.String, "path, step or step-fallback."),
-    "revision_mode": Column(pl.String, "path, step or step-fallback."),
-    "revision_attempts": Column(pl.Int64, "1 + drift retries spent."),
-    "calls": Column(pl.Int64, "Critic requests for this problem, critique and revision together."),
-    "prompt_tokens": Column(pl.Int64, "Their prompt tokens."),
-    "completion_tokens": Column(pl.Int64, "Their completion tokens."),
-    "response_keys": Column(pl.List(pl.String), "Their response-store keys."),
-    "critic_model": Column(pl.String, "The critic model."),
-}
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Generic feedback
-# ---------------------------------------------------------------------------------------------------------
-
-GENERIC_PHRASES = (
-    "looks good",
-    "looks correct",
-    "the step is correct",
-    "this step is correct",
-    "no changes needed",
-    "no improvement needed",
-    "well done",
-    "good job",
-)
-
-# Words that any feedback may use about any step: sharing them with a step shows nothing specific.
-_STOPWORD_TEXT = """
-    about above after again also answer answers approach because been before being below better between
-    both calculation calculations clear clearer clearly compute computed computing correct correctly could
-    detail details does doing done each easier effective either explain explained explanation final
-    first from good have here improve improved improvement into just keep keeping lack lacks like make
-    makes more most much need needs next other overall problem reasoning result same selected should
-    sibling siblings similar simple since solution some step steps still such sure than that their them
-    then there therefore these they this those thus through very well were what when where which while
-    will with without work would your
-"""
-_STOPWORDS = frozenset(_STOPWORD_TEXT.split())
-_FORMATTING_COMMANDS = frozenset(
-    {"boxed", "text", "left", "right", "quad", "qquad", "displaystyle", "mathrm"}
-)
-_TOKEN_RE = re.compile(r"\\([A-Za-z]+)|(\d+(?:\.\d+)?)|([A-Za-z]+)")
-_WORD_RE = re.compile(r"[A-Za-z0-9]+")
-
-
-def content_tokens(text: str) -> set[str]:
-    """Numbers, LaTeX commands and content words (4+ letters, not stop words), lower-cased.
-
-    Single letters and short words are left out: "a", "is", "x" say nothing about which step is meant.
-    """
-    tokens: set[str] = set()
-    for command, number, word in _TOKEN_RE.findall(text):
-        if command:
-            if command.lower() not in _FORMATTING_COMMANDS:
-                tokens.add("\\" + command.lower())
-        elif number:
-            tokens.add(number.rstrip("0").rstrip(".") if "." in number else number)
-        else:
-            w = word.lower()
-            if len(w) >= 4 and w not in _STOPWORDS:
-                tokens.add(w[:-1] if w.endswith("s") and len(w) > 4 else w)  # "angles" ~ "angle"
-    return tokens
-
-
-# Feedback that repeats this many words in a row from the critique instructions is an echo.
-ECHO_WORDS = 5
-
-
-def _word_ngrams(words: Sequence[str], n: int) -> set[tuple[str, ...]]:
-    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
-
-
-_INSTRUCTION_NGRAMS = frozenset(
-    _word_ngrams(_WORD_RE.findall(" ".join(CRITIC_INSTRUCTIONS).lower()), ECHO_WORDS)
-)
-
-
-def echoes_instructions(words: Sequence[str]) -> bool:
-    """Whether lower-cased feedback words repeat `ECHO_WORDS` words in a row of the critic's instructions."""
-    return not _word_ngrams(words, ECHO_WORDS).isdisjoint(_INSTRUCTION_NGRAMS)
-
-
-def is_generic_feedback(feedback: str, record: SiblingSet, min_words: int = 6, min_overlap: int = 1) -> bool:
-    """Feedback that names no depth-specific content.
-
-    Generic when any of:
-    - it has fewer than `min_words` words;
-    - it is one of `GENERIC_PHRASES` (lower-cased, punctuation stripped) with at most 3 other words;
-    - it shares fewer than `min_overlap` content tokens (`content_tokens`: numbers, LaTeX commands,
-      content words) with the selected step and its siblings;
-    - it echoes the critic's own instructions (`ECHO_WORDS` words in a row from them), as a weak critic
-      does when it continues its prompt instead of answering it.
-    """
-    words = _WORD_RE.findall(feedback.lower())
-    if len(words) < min_words:
-        return True
-    if echoes_instructions(words):
-        return True
-    plain = " ".join(words)
-    for phrase in GENERIC_PHRASES:
-        if phrase in plain and len(words) - len(phrase.split()) <= 3:
-            return True
-    context = content_tokens(record.selected_step)
-    for sibling in record.siblings:
-        context |= content_tokens(sibling.step)
-    return len(content_tokens(feedback) & context) < min_overlap
-
+DEFAULT_SETTINGS = RefinementSettings()
 
 # ---------------------------------------------------------------------------------------------------------
 # Calling the model
@@ -467,7 +180,7 @@ def _answer_failure(exc: Exception) -> Exception:
 def critique(
     problems: Sequence[ProblemPaths],
     generate: Generate,
-    settings: RefinementSettings = RefinementSettings(),
+    settings: RefinementSettings = DEFAULT_SETTINGS,
     request_key: RequestKey | None = None,
 ) -> list[CritiqueRow]:
     """Feedback for every depth of every problem, in problem then depth order."""
@@ -580,7 +293,7 @@ def revise(
     critiques: Sequence[CritiqueRow],
     generate: Generate,
     check_answers: CheckAnswers,
-    settings: RefinementSettings = RefinementSettings(),
+    settings: RefinementSettings = DEFAULT_SETTINGS,
     request_key: RequestKey | None = None,
 ) -> list[RefinedPath]:
     """Rewrite every problem's selected path with its feedback, guarded against drift."""
@@ -633,7 +346,7 @@ def _revise(
     )
     ok = dict(zip((id(st) for st in states), verdicts[: len(states)], strict=True))
     original_ok = verdicts[len(states) :]
-    rejected = {id(st): _rejection(st.revised, ok[id(st)]) for st in states}
+    rejected = {id(st): rejection_reason(st.revised, ok[id(st)]) for st in states}
     for attempt in range(1, settings.drift_retries + 1):
         pending = [st for st in states if not ok[id(st)]]
         if not pending:
@@ -643,7 +356,7 @@ def _revise(
             [(st.problem.gold_answer, revision_answer(st.revised).answer) for st in pending]
         )
         ok.update(zip((id(st) for st in pending), again, strict=True))
-        rejected.update((id(st), _rejection(st.revised, ok[id(st)])) for st in pending)
+        rejected.update((id(st), rejection_reason(st.revised, ok[id(st)])) for st in pending)
 
     critique_cost = {pid: _critique_cost(rows) for pid, rows in rows_by_problem.items()}
     out = []
@@ -739,47 +452,6 @@ def _retry_revisions(pending: Sequence[_State], caller: _Caller, attempt: int) -
         st.attempts += 1
 
 
-def path_answer(steps: Sequence[str]) -> FinalAnswer:
-    """The explicit final answer that closes a whole path (its steps joined as the policy wrote them)."""
-    return final_answer("\n\n".join(steps))
-
-
-# Section labels of the revision prompts: a revised step that repeats one is echoing its instructions.
-_REVISION_LABELS = ("to rewrite:", "feedback on step", "steps so far", "answer with the rewritten step")
-
-
-def malformed_step(step: str) -> str | None:
-    """Why a revised step cannot stand as one step of a path, or None.
-
-    "several_paragraphs": it holds a blank line (a step is one paragraph, as the policy writes them);
-    "echo": it repeats the revision prompt's own labels, as a weak reviser does when it continues the
-    prompt instead of answering it.
-    """
-    text = step.strip()
-    if "\n\n" in text:
-        return "several_paragraphs"
-    lowered = text.lower()
-    if any(label in lowered for label in _REVISION_LABELS):
-        return "echo"
-    return None
-
-
-def revision_answer(steps: Sequence[str]) -> FinalAnswer:
-    """`path_answer` of a revision whose every step is well formed; otherwise no answer, and why."""
-    for step in steps:
-        reason = malformed_step(step)
-        if reason is not None:
-            return FinalAnswer(None, reason)
-    return path_answer(steps)
-
-
-def _rejection(steps: Sequence[str], correct: bool) -> str | None:
-    if correct:
-        return None
-    verdict = revision_answer(steps)
-    return "wrong_answer" if verdict.ok else verdict.reason
-
-
 def _critique_cost(rows: Sequence[CritiqueRow]) -> CallStats:
     cost = CallStats()
     for row in rows:
@@ -807,7 +479,7 @@ def refine_all(
     problems: Sequence[ProblemPaths],
     generate: Generate,
     check_answers: CheckAnswers,
-    settings: RefinementSettings = RefinementSettings(),
+    settings: RefinementSettings = DEFAULT_SETTINGS,
     request_key: RequestKey | None = None,
 ) -> Refinement:
     """Critique then revise every problem; also returns the critique rows and the `generate` call count."""
@@ -821,7 +493,7 @@ def refine(
     problems: Sequence[ProblemPaths],
     generate: Generate,
     check_answers: CheckAnswers,
-    settings: RefinementSettings = RefinementSettings(),
+    settings: RefinementSettings = DEFAULT_SETTINGS,
     request_key: RequestKey | None = None,
 ) -> list[RefinedPath]:
     return refine_all(problems, generate, check_answers, settings, request_key).refined

@@ -17,7 +17,8 @@ from typing import Any
 import polars as pl
 
 from sigma_assets.data.tables import Column, Table
-from sigma_assets.method.mcts import Node, Tree, node_id_key, selected_path, trees_from_rows
+from sigma_assets.method.mcts import Node, Tree, node_id_key, selected_path
+from sigma_assets.method.tree_table import trees_from_rows
 
 
 @dataclass(frozen=True)

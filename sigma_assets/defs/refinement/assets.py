@@ -23,16 +23,14 @@ from sigma_assets.llm.generation import GenerationRequest
 from sigma_assets.llm.response_store import sample_key
 from sigma_assets.method.budgets import refinement_budget
 from sigma_assets.method.grading import AnswerChecker
-from sigma_assets.method.refinement import (
+from sigma_assets.method.refinement import critique, render_preview_markdown, revise
+from sigma_assets.method.refinement_records import (
     CRITIQUE_COLUMNS,
     REFINED_COLUMNS,
     CritiqueRow,
     ProblemPaths,
     RefinementSettings,
-    critique,
     problem_paths,
-    render_preview_markdown,
-    revise,
 )
 from sigma_assets.method.siblings import SiblingSet
 

@@ -23,16 +23,14 @@ from sigma_assets.method.budgets import search_budget
 from sigma_assets.method.grading import AnswerChecker
 from sigma_assets.method.mcts import (
     SELECTION_RULE,
-    TREE_COLUMNS,
     MCTSSettings,
     render_tree_markdown,
     run_search,
     selected_path,
-    tree_rows,
-    trees_from_rows,
 )
 from sigma_assets.method.siblings import SIBLING_COLUMNS, exploration_stats
 from sigma_assets.method.siblings import sibling_sets as siblings_of
+from sigma_assets.method.tree_table import TREE_COLUMNS, tree_rows, trees_from_rows
 
 # The Launchpad's search settings: every field of MCTSSettings but the temperature (the partition's),
 # with the defaults of the budget that fits the configured policy model, however a run starts.
