@@ -1,20 +1,37 @@
-"""Runs the main jobs in the local Dagster instance (the README's first command).
+"""Runs the main jobs in the local Dagster instance (the README's first command), watched.
 
-`problems_job` once per shard, then `generation_job` once per (shard, temperature), as a backfill
-would launch them, so the UI shows them as ordinary runs. Each run prints a line as it starts and
-its headline figures when it ends.
+`problems_job` once per shard, `generation_job` once per (shard, temperature), then `training_job` per
+variant and `evaluation_job`, as a backfill would launch them. Each run is launched through the code
+location of `workspace.yaml`, exactly as the UI launches one, so it belongs to the `sigma` location
+(lineage, the Overview timeline and Re-execute treat it like any other run). While a run goes, a line
+says which partition and stage is running, how many steps are done and the time elapsed; when it ends,
+its headline figures; at the end, the accuracy table.
 """
 
 from __future__ import annotations
 
 import sys
+import threading
 import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, cast
 
 import dagster as dg
+from dagster._core.execution.api import execute_run_iterator
+from dagster._core.origin import JobPythonOrigin
+from dagster._core.remote_representation.external import RemoteJob
+from dagster._core.storage.dagster_run import DagsterRun
+from dagster._core.workspace.context import WorkspaceProcessContext, WorkspaceRequestContext
+from dagster._core.workspace.load_target import WorkspaceFileTarget
+from dagster._utils.hosted_user_process import recon_job_from_origin
 
 from sigma_assets.definitions import defs, evaluation_job, generation_job, problems_job, training_job
 from sigma_assets.evaluation.scoring import format_table
 
+WORKSPACE = Path(__file__).resolve().parent.parent / "workspace.yaml"
+LOCATION = "sigma"
+JOBS = (problems_job.name, generation_job.name, training_job.name, evaluation_job.name)
 # Per asset, the metadata worth a line in the terminal; the UI shows all of it.
 SUMMARY = {
     "raw_problems": ("dagster/row_count", "skipped_rows"),
@@ -25,57 +42,153 @@ SUMMARY = {
     "sft_dataset": ("samples", "tokens", "kept_original_share", "duplicates_removed"),
     "finetuned_model": ("steps", "final_loss", "tokens_per_s", "path"),
 }
-# The console stays quiet; the UI keeps every event.
-QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+# The console stays quiet (the UI keeps every event); steps run in this process, one after another,
+# instead of a process each that loads the definitions again.
+RUN_CONFIG = {
+    "loggers": {"console": {"config": {"log_level": "WARNING"}}},
+    "execution": {"config": {"in_process": {}}},
+}
+HEARTBEAT_S = 30.0
 
 
-def summary(result: dg.ExecuteInProcessResult) -> str:
+class Clock:
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+
+    def __str__(self) -> str:
+        return f"[{time.monotonic() - self.started:6.0f} s]"
+
+
+def launch(
+    instance: dg.DagsterInstance, context: WorkspaceRequestContext, remote_job: RemoteJob, key: str | None
+) -> DagsterRun:
+    """Create one run of `remote_job` for partition `key` from the code location's snapshot, as the
+    UI's Materialize does, so the run belongs to the location."""
+    tags: Mapping[str, str] = {}
+    if key is not None:
+        tags = defs.resolve_job_def(remote_job.name).get_tags_for_partition_key(key, selected_asset_keys=None)
+    plan = context.get_code_location(LOCATION).get_execution_plan(
+        remote_job, RUN_CONFIG, step_keys_to_execute=None, known_state=None, instance=instance
+    )
+    return instance.create_run(
+        job_name=remote_job.name,
+        run_id=None,
+        run_config=RUN_CONFIG,
+        resolved_op_selection=None,
+        step_keys_to_execute=plan.execution_plan_snapshot.step_keys_to_execute,
+        op_selection=None,
+        status=None,
+        root_run_id=None,
+        parent_run_id=None,
+        tags={**remote_job.tags, **tags},
+        job_snapshot=remote_job.job_snapshot,
+        execution_plan_snapshot=plan.execution_plan_snapshot,
+        parent_job_snapshot=remote_job.parent_job_snapshot,
+        remote_job_origin=remote_job.get_remote_origin(),
+        job_code_origin=remote_job.get_python_origin(),
+        asset_selection=None,
+        asset_check_selection=None,
+        asset_graph=context.asset_graph,
+    )
+
+
+def execute(instance: dg.DagsterInstance, run: DagsterRun, label: str, clock: Clock) -> dg.DagsterRunStatus:
+    """Execute the run here, as a run worker would (this process has the definitions loaded already),
+    printing a line as each step starts or fails, and every `HEARTBEAT_S` while a step runs."""
+    total = len(run.step_keys_to_execute or [])
+    done = 0
+    running: list[tuple[str, float]] = []  # the step in progress and when it started
+    stop = threading.Event()
+
+    def heartbeat() -> None:
+        while not stop.wait(HEARTBEAT_S):
+            if running:
+                step, since = running[-1]
+                print(f"{clock}   {label}: {step} running for {time.monotonic() - since:.0f} s", flush=True)
+
+    thread = threading.Thread(target=heartbeat, daemon=True)
+    thread.start()
+    try:
+        job = recon_job_from_origin(cast(JobPythonOrigin, run.job_code_origin))
+        for event in execute_run_iterator(job, run, instance):
+            if event.event_type == dg.DagsterEventType.STEP_START:
+                running.append((str(event.step_key), time.monotonic()))
+                print(f"{clock}   {label}: {event.step_key} running ({done}/{total} steps done)", flush=True)
+            elif event.event_type == dg.DagsterEventType.STEP_SUCCESS:
+                done += 1
+            elif event.event_type == dg.DagsterEventType.STEP_FAILURE:
+                print(f"{clock}   {label}: {event.step_key} FAILED", flush=True)
+    finally:
+        stop.set()
+        thread.join()
+    finished = instance.get_run_by_id(run.run_id)
+    assert finished is not None
+    return finished.status
+
+
+def summary(instance: dg.DagsterInstance, run_id: str) -> str:
+    records = instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
+    by_asset = {}
+    for record in records:
+        materialization = record.asset_materialization
+        if materialization is not None:
+            by_asset[materialization.asset_key.to_user_string()] = materialization.metadata
     parts = []
     for asset, names in SUMMARY.items():
-        events = result.asset_materializations_for_node(asset)
-        if events:
-            metadata = events[0].metadata
+        if asset in by_asset:
+            metadata: dict[str, Any] = by_asset[asset]
             values = ", ".join(f"{n.split('/')[-1]}={metadata[n].value}" for n in names if n in metadata)
             parts.append(f"  {asset}: {values}")
     return "\n".join(parts)
 
 
-def run_all(job_name: str, instance: dg.DagsterInstance, started: float) -> list[str]:
-    """One run per partition of the job (one run if it is unpartitioned); returns the keys that failed."""
+def run_job(
+    job_name: str, instance: dg.DagsterInstance, process: WorkspaceProcessContext, clock: Clock
+) -> list[str]:
+    """One run per partition of the job, one after another; returns the partitions that failed."""
+    context = process.create_request_context()
+    location = context.get_code_location(LOCATION)
+    repository = next(iter(location.get_repositories().values()))
+    remote_job = repository.get_full_job(job_name)
     job = defs.resolve_job_def(job_name)
-    keys = job.partitions_def.get_partition_keys() if job.partitions_def else [None]
+    keys: list[str | None] = list(job.partitions_def.get_partition_keys()) if job.partitions_def else [None]
     failed = []
     for index, key in enumerate(keys, start=1):
-        print(
-            f"[{time.monotonic() - started:6.0f} s] {job_name} {key or ''} ({index}/{len(keys)}) ...",
-            flush=True,
-        )
+        label = f"{job_name} {key or ''}".strip()
+        print(f"{clock} {label} ({index}/{len(keys)}) launched", flush=True)
         t0 = time.monotonic()
-        result = job.execute_in_process(
-            run_config=QUIET, instance=instance, partition_key=key, raise_on_error=False
+        run = launch(instance, context, remote_job, key)
+        run_id = run.run_id
+        status = execute(instance, run, label, clock)
+        ok = status == dg.DagsterRunStatus.SUCCESS
+        print(
+            f"{clock} {label}: {'ok' if ok else status.value} in {time.monotonic() - t0:.0f} s (run {run_id})"
         )
-        status = "ok" if result.success else "FAILED"
-        print(f"  {status} in {time.monotonic() - t0:.0f} s (run {result.run_id})")
-        print(summary(result), flush=True)
-        if result.success and job_name == evaluation_job.name:
-            print(format_table(result.output_for_node("eval_scores")), flush=True)
-        if not result.success:
-            failed.append(f"{job_name} {key}")
+        print(summary(instance, run_id), flush=True)
+        if not ok:
+            failed.append(label)
     return failed
 
 
 def main() -> int:
     instance = dg.DagsterInstance.get()
-    started = time.monotonic()
-    failed = run_all(problems_job.name, instance, started)
-    failed += run_all(generation_job.name, instance, started)
-    if not failed:
-        failed += run_all(training_job.name, instance, started)
-    if not failed:
-        failed += run_all(evaluation_job.name, instance, started)
+    clock = Clock()
+    failed: list[str] = []
+    with WorkspaceProcessContext(instance, WorkspaceFileTarget(paths=[str(WORKSPACE)])) as process:
+        errors = process.create_request_context().get_code_location_error(LOCATION)
+        if errors:
+            print(f"the code location does not load:\n{errors.to_string()}", file=sys.stderr)
+            return 1
+        for job_name in JOBS:
+            failed += run_job(job_name, instance, process, clock)
+            if failed:  # training on a partial data set would mislead; fix and rerun
+                break
     if failed:
         print(f"failed: {', '.join(failed)}; see the runs in the UI", file=sys.stderr)
         return 1
+    scores = defs.load_asset_value("eval_scores", instance=instance)
+    print(format_table(scores), flush=True)
+    print(f"{clock} done", flush=True)
     return 0
 
 
