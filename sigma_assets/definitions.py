@@ -12,6 +12,7 @@ from sigma_assets.defs.problems import assets as problems
 from sigma_assets.defs.refinement import assets as refinement
 from sigma_assets.defs.search import assets as search
 from sigma_assets.defs.shared.io_manager import AtomicParquetIOManager
+from sigma_assets.defs.shared.k8s import step_executor
 from sigma_assets.defs.shared.partitions import SETTINGS
 from sigma_assets.defs.shared.resources import (
     ModelResource,
@@ -130,4 +131,5 @@ defs = dg.Definitions(
     asset_checks=CHECKS,
     jobs=[problems_job, generation_job, training_job, evaluation_job],
     resources=build_resources(SETTINGS),
+    executor=step_executor(SETTINGS),
 )

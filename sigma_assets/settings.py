@@ -52,6 +52,11 @@ class Settings:
     base_model: str = BUNDLED_SMOLLM2
     training_profile: str = "cpu"
     eval_sets: str = ""
+    # Kubernetes: GPU pods' node labels (SIGMA_GPU_NODE_SELECTOR=key=value,...), GPUs of a training pod,
+    # and whether each step runs in its own pod (so that those per-asset pod settings apply).
+    gpu_node_selector: tuple[tuple[str, str], ...] = ()
+    training_gpus: int = 1
+    k8s_step_pods: bool = False
 
     @property
     def is_s3(self) -> bool:
@@ -105,6 +110,9 @@ class Settings:
             base_model=get("SIGMA_BASE_MODEL", BUNDLED_SMOLLM2) or BUNDLED_SMOLLM2,
             training_profile=get("SIGMA_TRAINING_PROFILE", "cpu") or "cpu",
             eval_sets=get("SIGMA_EVAL_SETS", "") or "",
+            gpu_node_selector=_labels(env, "SIGMA_GPU_NODE_SELECTOR"),
+            training_gpus=_positive_int(env, "SIGMA_TRAINING_GPUS", 1),
+            k8s_step_pods=_flag(env, "SIGMA_K8S_STEP_PODS"),
         )
 
 
@@ -164,3 +172,15 @@ def _flag(env: Mapping[str, str], name: str) -> bool:
     if raw in ("1", "true", "yes", "on"):
         return True
     raise SettingsError(f"{name}={raw!r}: expected true or false")
+
+
+def _labels(env: Mapping[str, str], name: str) -> tuple[tuple[str, str], ...]:
+    """Kubernetes node labels written `key=value,key=value`."""
+    raw = env.get(name, "").strip()
+    pairs = []
+    for part in filter(None, (p.strip() for p in raw.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise SettingsError(f"{name}={raw!r}: expected key=value pairs separated by commas")
+        pairs.append((key.strip(), value.strip()))
+    return tuple(pairs)

@@ -5,6 +5,7 @@ from contextlib import ExitStack
 import dagster as dg
 import polars as pl
 
+from sigma_assets.defs.shared.k8s import k8s_op_tags
 from sigma_assets.defs.shared.resources import StorageResource
 from sigma_assets.defs.training.assets import VARIANTS, finetuned_model, read_heldout, sft_dataset
 from sigma_assets.defs.training.resources import TrainingResource
@@ -48,6 +49,7 @@ _SMALL_EVAL_TOKENS = 48  # the bundled 135M model: short arithmetic answers, min
 
 
 @dg.asset(
+    op_tags=k8s_op_tags("eval_scores"),
     group_name="evaluation",
     deps=[finetuned_model, sft_dataset],
     ins={

