@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import io
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, get_origin
 
 import dagster as dg
 import polars as pl
@@ -32,6 +33,16 @@ class AtomicParquetIOManager(PolarsParquetIOManager):
         root = self.storage.location()
         root.allow_plain_http()
         self._base_path = root.path("assets")
+
+    def load_partitions(self, context: dg.InputContext) -> Any:
+        # Dagster hands over a lone partition bare; an input typed as a mapping of partitions (e.g. every
+        # shard's problems) must get a mapping however many partitions there are.
+        loaded = super().load_partitions(context)
+        typing_type = context.dagster_type.typing_type
+        wants_mapping = typing_type is dict or get_origin(typing_type) in (dict, Mapping)
+        if wants_mapping and len(context.asset_partition_keys) == 1:
+            return {context.asset_partition_keys[0]: loaded}
+        return loaded
 
     def write_df_to_path(self, context: dg.OutputContext, df: pl.DataFrame, path: UPath) -> None:
         buffer = io.BytesIO()
