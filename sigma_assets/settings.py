@@ -1,62 +1,83 @@
 """Every environment setting of the project, read once and validated in one place (DESIGN §3).
 
+pydantic-settings reads the variables; what it cannot say by type alone (temperatures as partition keys,
+storage URLs, node labels, the defaults that depend on another variable) is a validator here.
 Assets never read `os.environ`; they get these values through resources built in `definitions.py`.
-Secrets (`OPENAI_API_KEY`, `AWS_SECRET_ACCESS_KEY`) are not stored here: resources take them through
-`dagster.EnvVar`, so their values never reach run config, logs or metadata.
+Secrets are not stored here: `OPENAI_API_KEY` is only checked for presence (it picks the critic's
+default backend), and resources take every secret through `dagster.EnvVar`.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, PositiveFloat, PositiveInt, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_STORAGE_DIR = PROJECT_ROOT / "data"
 
-POLICY_BACKENDS = ("transformers", "openai", "vllm")
-CRITIC_BACKENDS = ("transformers", "openai")
-# What answers SIGMA_POLICY_BASE_URL: any OpenAI-compatible server, or `transformers serve`.
-POLICY_SERVERS = ("openai", "transformers")
 BUNDLED_SMOLLM2 = "smollm2-135m-instruct"
 # The embedded run: 12 bundled problems in 2 shards, searched at both temperatures, fits about 15 minutes
 # on 2 CPU cores with the bundled model (see README); point SIGMA_PROBLEMS at real data for real runs.
 DEFAULT_PROBLEMS = "arithmetic:12"
 DEFAULT_NUM_SHARDS = 2
 
+PolicyBackend = Literal["transformers", "openai", "vllm"]
+CriticBackend = Literal["transformers", "openai"]
+# What answers SIGMA_POLICY_BASE_URL: any OpenAI-compatible server, or `transformers serve`.
+PolicyServer = Literal["openai", "transformers"]
+
 
 class SettingsError(ValueError):
     """A configuration variable has a value the project cannot use; the message names the variable."""
 
 
-@dataclass(frozen=True)
-class Settings:
-    storage_url: str
-    problems: str
-    num_shards: int
-    policy_backend: str
-    policy_model: str
-    policy_base_url: str | None
-    policy_server: str
-    critic_backend: str
-    critic_model: str
-    critic_base_url: str | None
-    critic_concurrency: int
-    temperatures: tuple[str, ...]
-    aws_endpoint_url: str | None
-    aws_region: str | None
-    max_usd_per_run: float | None = None  # None: no cap
-    critic_batch_api: bool = False  # the critic's calls through the OpenAI Batch API (half price, <= 24 h)
+def _env(name: str) -> Any:
+    return Field(validation_alias=name)
+
+
+class Settings(BaseSettings):
+    """The project's settings; each field is read from the variable named beside it."""
+
+    model_config = SettingsConfigDict(
+        case_sensitive=True, env_ignore_empty=True, frozen=True, extra="ignore", populate_by_name=False
+    )
+
+    storage_url: Annotated[str, _env("SIGMA_STORAGE_URL")] = str(DEFAULT_STORAGE_DIR)
+    problems: Annotated[str, _env("SIGMA_PROBLEMS")] = DEFAULT_PROBLEMS
+    num_shards: Annotated[PositiveInt, _env("SIGMA_NUM_SHARDS")] = DEFAULT_NUM_SHARDS
+    policy_backend: Annotated[PolicyBackend, _env("SIGMA_POLICY_BACKEND")] = "transformers"
+    policy_model: Annotated[str, _env("SIGMA_POLICY_MODEL")] = BUNDLED_SMOLLM2
+    policy_base_url: Annotated[str | None, _env("SIGMA_POLICY_BASE_URL")] = None
+    policy_server: Annotated[PolicyServer, _env("SIGMA_POLICY_SERVER")] = "openai"
+    # Unset: `openai` when OPENAI_API_KEY is set, else the bundled model in process.
+    critic_backend: Annotated[CriticBackend | None, _env("SIGMA_CRITIC_BACKEND")] = None
+    critic_model: Annotated[str | None, _env("SIGMA_CRITIC_MODEL")] = None
+    critic_base_url: Annotated[str | None, _env("SIGMA_CRITIC_BASE_URL")] = None
+    critic_concurrency: Annotated[PositiveInt, _env("SIGMA_CRITIC_CONCURRENCY")] = 16
+    # Sampling temperatures as partition keys, exactly as written ("0.4", "0.7").
+    temperatures: Annotated[tuple[str, ...], NoDecode, _env("SIGMA_TEMPERATURES")] = ("0.4", "0.7")
+    aws_endpoint_url: Annotated[str | None, _env("AWS_ENDPOINT_URL")] = None
+    aws_region: Annotated[str | None, _env("AWS_REGION")] = None
+    max_usd_per_run: Annotated[PositiveFloat | None, _env("SIGMA_MAX_USD_PER_RUN")] = None  # None: no cap
+    # The critic's calls through the OpenAI Batch API (half price, answered within 24 h).
+    critic_batch_api: Annotated[bool, _env("SIGMA_CRITIC_BATCH_API")] = False
     # Training and evaluation: the base model fine-tuned, the named training profile, benchmark files.
-    base_model: str = BUNDLED_SMOLLM2
-    training_profile: str = "cpu"
-    eval_sets: str = ""
+    base_model: Annotated[str, _env("SIGMA_BASE_MODEL")] = BUNDLED_SMOLLM2
+    training_profile: Annotated[str, _env("SIGMA_TRAINING_PROFILE")] = "cpu"
+    eval_sets: Annotated[str, _env("SIGMA_EVAL_SETS")] = ""
     # Kubernetes: GPU pods' node labels (SIGMA_GPU_NODE_SELECTOR=key=value,...), GPUs of a training pod,
     # and whether each step runs in its own pod (so that those per-asset pod settings apply).
-    gpu_node_selector: tuple[tuple[str, str], ...] = ()
-    training_gpus: int = 1
-    k8s_step_pods: bool = False
+    gpu_node_selector: Annotated[tuple[tuple[str, str], ...], NoDecode, _env("SIGMA_GPU_NODE_SELECTOR")] = ()
+    training_gpus: Annotated[PositiveInt, _env("SIGMA_TRAINING_GPUS")] = 1
+    k8s_step_pods: Annotated[bool, _env("SIGMA_K8S_STEP_PODS")] = False
+    # Whether OPENAI_API_KEY is set; the key itself is turned into this flag and never kept.
+    openai_key_set: Annotated[bool, Field(validation_alias="OPENAI_API_KEY", exclude=True, repr=False)] = (
+        False
+    )
 
     @property
     def is_s3(self) -> bool:
@@ -64,123 +85,92 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        env = os.environ if env is None else env
+        """The settings of the process environment, or of `env` alone (unset and blank alike)."""
+        try:
+            if env is None:
+                return cls()
+            return cls.model_validate({k: v for k, v in env.items() if v.strip()})
+        except ValidationError as exc:
+            raise SettingsError("; ".join(_describe(error) for error in exc.errors())) from None
 
-        def get(name: str, default: str | None = None) -> str | None:
-            value = env.get(name, "").strip()
-            return value or default
+    @field_validator("openai_key_set", mode="before")
+    @classmethod
+    def _key_presence(cls, value: Any) -> bool:
+        return value if isinstance(value, bool) else bool(str(value).strip())
 
-        storage_url = get("SIGMA_STORAGE_URL", str(DEFAULT_STORAGE_DIR))
-        assert storage_url is not None
-        if "://" in storage_url and not storage_url.startswith(("s3://", "file://")):
-            raise SettingsError(f"SIGMA_STORAGE_URL={storage_url!r}: use a local path or s3://bucket/prefix")
-        if storage_url.startswith("s3://") and not storage_url[len("s3://") :].strip("/"):
-            raise SettingsError(f"SIGMA_STORAGE_URL={storage_url!r} names no bucket")
+    @field_validator("temperatures", mode="before")
+    @classmethod
+    def _temperatures(cls, value: Any) -> tuple[str, ...]:
+        keys = tuple(part.strip() for part in value.split(",")) if isinstance(value, str) else tuple(value)
+        for key in keys:
+            try:
+                number = float(key)
+            except ValueError:
+                raise ValueError(f"{key!r} is not a number") from None
+            if not 0.0 <= number <= 2.0:
+                raise ValueError(f"{key} is outside 0..2")
+        if len({float(k) for k in keys}) != len(keys):
+            raise ValueError("a temperature is given twice")
+        return keys
 
-        policy_backend = _choice(env, "SIGMA_POLICY_BACKEND", "transformers", POLICY_BACKENDS)
-        has_key = bool(get("OPENAI_API_KEY"))
-        critic_backend = _choice(
-            env, "SIGMA_CRITIC_BACKEND", "openai" if has_key else "transformers", CRITIC_BACKENDS
-        )
-        critic_default = "gpt-4o-mini" if critic_backend == "openai" else BUNDLED_SMOLLM2
-        policy_model = get("SIGMA_POLICY_MODEL", BUNDLED_SMOLLM2)
-        policy_base_url = get("SIGMA_POLICY_BASE_URL")
-        if policy_backend == "openai" and not policy_base_url:
-            raise SettingsError(
+    @field_validator("storage_url")
+    @classmethod
+    def _storage_url(cls, value: str) -> str:
+        if "://" in value and not value.startswith(("s3://", "file://")):
+            raise ValueError("use a local path or s3://bucket/prefix")
+        if value.startswith("s3://") and not value[len("s3://") :].strip("/"):
+            raise ValueError("names no bucket")
+        return value
+
+    @field_validator("gpu_node_selector", mode="before")
+    @classmethod
+    def _labels(cls, value: Any) -> Any:
+        """Kubernetes node labels written `key=value,key=value`."""
+        if not isinstance(value, str):
+            return value
+        pairs = []
+        for part in filter(None, (p.strip() for p in value.split(","))):
+            key, sep, label = part.partition("=")
+            if not sep or not key.strip():
+                raise ValueError("expected key=value pairs separated by commas")
+            pairs.append((key.strip(), label.strip()))
+        return tuple(pairs)
+
+    @model_validator(mode="after")
+    def _defaults_that_depend_on_others(self) -> Settings:
+        if self.policy_backend == "openai" and not self.policy_base_url:
+            raise ValueError(
                 "SIGMA_POLICY_BACKEND=openai needs SIGMA_POLICY_BASE_URL (an OpenAI-compatible server, "
                 "e.g. http://127.0.0.1:8000/v1 from `vllm serve`)"
             )
-        return cls(
-            storage_url=storage_url,
-            problems=get("SIGMA_PROBLEMS", DEFAULT_PROBLEMS) or DEFAULT_PROBLEMS,
-            num_shards=_positive_int(env, "SIGMA_NUM_SHARDS", DEFAULT_NUM_SHARDS),
-            policy_backend=policy_backend,
-            policy_model=policy_model or BUNDLED_SMOLLM2,
-            policy_base_url=policy_base_url,
-            policy_server=_choice(env, "SIGMA_POLICY_SERVER", "openai", POLICY_SERVERS),
-            critic_backend=critic_backend,
-            critic_model=get("SIGMA_CRITIC_MODEL", critic_default) or critic_default,
-            critic_base_url=get("SIGMA_CRITIC_BASE_URL"),
-            critic_concurrency=_positive_int(env, "SIGMA_CRITIC_CONCURRENCY", 16),
-            temperatures=_temperatures(env, "SIGMA_TEMPERATURES", "0.4,0.7"),
-            aws_endpoint_url=get("AWS_ENDPOINT_URL"),
-            aws_region=get("AWS_REGION"),
-            max_usd_per_run=_positive_float(env, "SIGMA_MAX_USD_PER_RUN"),
-            critic_batch_api=_flag(env, "SIGMA_CRITIC_BATCH_API"),
-            base_model=get("SIGMA_BASE_MODEL", BUNDLED_SMOLLM2) or BUNDLED_SMOLLM2,
-            training_profile=get("SIGMA_TRAINING_PROFILE", "cpu") or "cpu",
-            eval_sets=get("SIGMA_EVAL_SETS", "") or "",
-            gpu_node_selector=_labels(env, "SIGMA_GPU_NODE_SELECTOR"),
-            training_gpus=_positive_int(env, "SIGMA_TRAINING_GPUS", 1),
-            k8s_step_pods=_flag(env, "SIGMA_K8S_STEP_PODS"),
-        )
+        # Frozen: the derived defaults are set once, here.
+        critic = self.critic_backend or ("openai" if self.openai_key_set else "transformers")
+        object.__setattr__(self, "critic_backend", critic)
+        if self.critic_model is None:
+            object.__setattr__(self, "critic_model", "gpt-4o-mini" if critic == "openai" else BUNDLED_SMOLLM2)
+        return self
 
 
-def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
-    value = env.get(name, "").strip() or default
-    if value not in allowed:
-        raise SettingsError(f"{name}={value!r}: expected one of {', '.join(allowed)}")
-    return value
+# pydantic's wording of a type error, as this project's README words the variable's meaning.
+_EXPECTED = {
+    "int_parsing": "expected a positive integer",
+    "greater_than": "expected a positive integer",
+    "float_parsing": "expected a positive number",
+}
+_EXPECTED_BY_VARIABLE = {
+    "SIGMA_MAX_USD_PER_RUN": "expected a positive number of US dollars (unset: no cap)",
+    "bool_parsing": "expected true or false",
+}
 
 
-def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r}: expected a positive integer") from None
-    if value < 1:
-        raise SettingsError(f"{name}={raw!r}: expected a positive integer")
-    return value
-
-
-def _temperatures(env: Mapping[str, str], name: str, default: str) -> tuple[str, ...]:
-    """Sampling temperatures as partition keys, exactly as written ("0.4", "0.7")."""
-    raw = env.get(name, "").strip() or default
-    keys = tuple(part.strip() for part in raw.split(","))
-    for key in keys:
-        try:
-            value = float(key)
-        except ValueError:
-            raise SettingsError(f"{name}={raw!r}: {key!r} is not a number") from None
-        if not 0.0 <= value <= 2.0:
-            raise SettingsError(f"{name}={raw!r}: {key} is outside 0..2")
-    if len(set(keys)) != len(keys) or len({float(k) for k in keys}) != len(keys):
-        raise SettingsError(f"{name}={raw!r}: a temperature is given twice")
-    return keys
-
-
-def _positive_float(env: Mapping[str, str], name: str) -> float | None:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r}: expected a positive number of US dollars") from None
-    if not value > 0:
-        raise SettingsError(f"{name}={raw!r}: expected a positive number of US dollars (unset: no cap)")
-    return value
-
-
-def _flag(env: Mapping[str, str], name: str) -> bool:
-    raw = env.get(name, "").strip().lower()
-    if raw in ("", "0", "false", "no", "off"):
-        return False
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    raise SettingsError(f"{name}={raw!r}: expected true or false")
-
-
-def _labels(env: Mapping[str, str], name: str) -> tuple[tuple[str, str], ...]:
-    """Kubernetes node labels written `key=value,key=value`."""
-    raw = env.get(name, "").strip()
-    pairs = []
-    for part in filter(None, (p.strip() for p in raw.split(","))):
-        key, sep, value = part.partition("=")
-        if not sep or not key.strip():
-            raise SettingsError(f"{name}={raw!r}: expected key=value pairs separated by commas")
-        pairs.append((key.strip(), value.strip()))
-    return tuple(pairs)
+def _describe(error: Mapping[str, Any]) -> str:
+    """`VARIABLE='value': what was expected`, or the message alone for a rule across variables."""
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] == "literal_error":
+        message = f"expected one of {error['ctx']['expected'].replace(' or ', ', ')}".replace("'", "")
+    if not error["loc"]:
+        return message
+    variable = error["loc"][0]
+    if error["type"] in _EXPECTED:
+        message = _EXPECTED_BY_VARIABLE.get(str(variable), _EXPECTED[str(error["type"])])
+    return f"{variable}={error['input']!r}: {message}"

@@ -102,3 +102,13 @@ def test_the_policy_key_reaches_the_server_and_nothing_stored_or_logged(tmp_path
     for path in tmp_path.rglob("*"):  # tables, responses, and the instance's event log and run storage
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path
+
+
+def test_settings_read_the_process_environment_and_keep_no_key(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-settings-secret-77")
+    monkeypatch.setenv("SIGMA_TEMPERATURES", "0.2, 0.9")
+    monkeypatch.setenv("SIGMA_PROBLEMS", "")  # blank reads as unset
+    settings = Settings.from_env()
+    assert settings.temperatures == ("0.2", "0.9") and settings.problems == "arithmetic:12"
+    assert settings.critic_backend == "openai"  # the key's presence picks the critic's default
+    assert "sk-settings-secret-77" not in repr(settings) + str(settings.model_dump())
