@@ -171,6 +171,10 @@ def run_job(
 
 
 def main() -> int:
+    # One line per step is the progress shown here; transformers' per-load bars would bury it.
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
     instance = dg.DagsterInstance.get()
     clock = Clock()
     failed: list[str] = []

@@ -35,7 +35,6 @@ import select
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Callable, Mapping
@@ -45,7 +44,8 @@ from typing import Any, Self
 
 from aiohttp import web
 
-HOST = "127.0.0.1"  # loopback only: this server has no business being reachable from elsewhere
+from sigma_assets.testing.loopback import HOST, LoopbackServer
+
 FAULT_KINDS: tuple[str, ...] = ("429", "500", "timeout", "truncated", "invalid_json", "length")
 INVALID_JSON_CONTENT = "this is not json {"
 READY_PREFIX = "FAULT_SERVER_READY "
@@ -502,20 +502,27 @@ def build_app(state: _State) -> web.Application:
     return app
 
 
-async def _start_site(state: _State, port: int) -> tuple[web.AppRunner, int]:
+def _make_runner(state: _State) -> web.AppRunner:
     # no access log (speed); handler_cancellation frees stalled "timeout" handlers when clients give up;
     # short shutdown_timeout so stop() does not wait for stalled handlers
-    runner = web.AppRunner(build_app(state), access_log=None, handler_cancellation=True, shutdown_timeout=0.5)
+    return web.AppRunner(build_app(state), access_log=None, handler_cancellation=True, shutdown_timeout=0.5)
+
+
+async def _start_site(state: _State, port: int) -> tuple[web.AppRunner, int]:
+    runner = _make_runner(state)
     await runner.setup()
-    site = web.TCPSite(runner, HOST, port, backlog=2048)  # 256+ concurrent connects must not overflow
+    site = web.TCPSite(runner, HOST, port, backlog=FaultServer.backlog)
     await site.start()
     server = site._server  # the bound socket is the only way to learn the port when asked for port 0
     actual_port = server.sockets[0].getsockname()[1] if server is not None else port
     return runner, actual_port
 
 
-class FaultServer:
+class FaultServer(LoopbackServer):
     """The server in a background thread with its own event loop, on 127.0.0.1 and a free port."""
+
+    thread_name = "fault-server"
+    backlog = 2048  # 256+ concurrent connects must not overflow
 
     def __init__(
         self,
@@ -525,58 +532,16 @@ class FaultServer:
         port: int = 0,
         **fields: Any,
     ) -> None:
+        super().__init__(port)
         config = config or FaultConfig()
         self._state = _State(config.updated(fields) if fields else config, responder)
-        self._requested_port = port
-        self.port = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._stopped: asyncio.Event | None = None
-        self._error: BaseException | None = None
 
-    @property
-    def base_url(self) -> str:
-        return f"http://{HOST}:{self.port}/v1"
-
-    @property
-    def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
-
-    def start(self) -> Self:
-        if self._thread is not None:
-            return self
-        ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(ready,), name="fault-server", daemon=True)
-        self._thread.start()
-        ready.wait(10)
-        if self._error is not None or not self.port:
-            raise RuntimeError("fault server failed to start") from self._error
-        return self
-
-    def _run(self, ready: threading.Event) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-
-        async def serve() -> None:
-            self._stopped = asyncio.Event()
-            runner, self.port = await _start_site(self._state, self._requested_port)
-            ready.set()
-            try:
-                await self._stopped.wait()
-            finally:
-                await runner.cleanup()
-
-        try:
-            loop.run_until_complete(serve())
-        except Exception as exc:  # surfaced by start(); a thread cannot raise it
-            self._error = exc
-        finally:
-            ready.set()
-            loop.close()
+    async def make_runner(self) -> web.AppRunner:
+        return _make_runner(self._state)
 
     def _call(self, fn: Callable[[], Any]) -> Any:
         """Run fn on the server loop, where the state lives, and return its result."""
-        if self._loop is None or self._thread is None or not self._thread.is_alive():
+        if not self.running or self._loop is None:
             return fn()  # not running: nothing else touches the state
 
         async def wrapper() -> Any:
@@ -596,21 +561,6 @@ class FaultServer:
     @property
     def config(self) -> FaultConfig:
         return self._state.config
-
-    def stop(self) -> None:
-        thread, loop, stopped = self._thread, self._loop, self._stopped
-        if thread is None:
-            return
-        if loop is not None and stopped is not None and thread.is_alive():
-            loop.call_soon_threadsafe(stopped.set)
-        thread.join(10)
-        self._thread = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 # --- child process -------------------------------------------------------------------------------
