@@ -17,7 +17,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,7 +24,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-HOST = "127.0.0.1"  # loopback only
+from ports import HOST, free_port, port_open
+
 DEFAULT_PG_PORT = 5432
 SERVER_USER = "postgres"  # the Debian package's system user
 
@@ -79,18 +79,6 @@ def _binary(name: str) -> str:
     return on_path
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex((HOST, port)) == 0
-
-
 def _as_server_user(command: list[str]) -> list[str]:
     return ["runuser", "-u", SERVER_USER, "--", *command] if os.geteuid() == 0 else command
 
@@ -109,8 +97,8 @@ def local_postgres(
     the port is a free one, so parallel test runs never collide.
     """
     if port is None:
-        port = _free_port()
-    elif _port_open(port):
+        port = free_port()
+    elif port_open(port):
         raise RuntimeError(f"{HOST}:{port} is taken: stop the other PostgreSQL server first")
     # Not under pytest's tmp_path: that folder is private to root, and the server runs as `postgres`.
     root = Path(tempfile.mkdtemp(prefix="sigma-postgres-"))

@@ -15,12 +15,13 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from ports import HOST, free_port, port_open
 
 DEFAULT_S3_PORT = 8333
 # Every listening port of `weed mini`; tests give each its own free port so servers never collide.
@@ -37,18 +38,6 @@ def weed_binary() -> str:
     return found
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
 @contextlib.contextmanager
 def local_s3(
     data_dir: Path, access_key: str, secret_key: str, timeout_s: float = 60.0, s3_port: int | None = None
@@ -57,10 +46,10 @@ def local_s3(
 
     With `s3_port=None` every port is a free one, so several servers (parallel test runs) coexist.
     """
-    ports = {flag: _free_port() for flag in _PORT_FLAGS}
+    ports = {flag: free_port() for flag in _PORT_FLAGS}
     if s3_port is not None:
-        if _port_open(s3_port):
-            raise RuntimeError(f"127.0.0.1:{s3_port} is taken: stop the other S3 server first")
+        if port_open(s3_port):
+            raise RuntimeError(f"{HOST}:{s3_port} is taken: stop the other S3 server first")
         ports["s3.port"] = s3_port
     data_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key}
@@ -70,8 +59,8 @@ def local_s3(
             weed_binary(),
             "mini",
             f"-dir={data_dir}",
-            "-ip=127.0.0.1",
-            "-ip.bind=127.0.0.1",
+            f"-ip={HOST}",
+            f"-ip.bind={HOST}",
             "-admin.ui=false",
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
@@ -82,7 +71,7 @@ def local_s3(
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    endpoint = f"http://127.0.0.1:{ports['s3.port']}"
+    endpoint = f"http://{HOST}:{ports['s3.port']}"
     try:
         deadline = time.monotonic() + timeout_s
         while not _s3_ready(endpoint, ports["s3.port"], access_key, secret_key):
@@ -102,7 +91,7 @@ def local_s3(
 
 
 def _s3_ready(endpoint: str, port: int, access_key: str, secret_key: str) -> bool:
-    if not _port_open(port):
+    if not port_open(port):
         return False
     import s3fs
 

@@ -15,7 +15,6 @@ import argparse
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -24,10 +23,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ports import HOST, free_port, port_open
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 VLLM_VENV = PROJECT_ROOT / ".venv-vllm"
 INSTALL_HINT = "create it with: bash infra/install_vllm.sh"
-HOST = "127.0.0.1"  # loopback only
 
 # What the CPU build needs on a small machine: a KV cache in GiB (its default takes a share of the RAM),
 # float32 (the CPU kernels of this build are fastest there for a 135M model), no usage reporting.
@@ -50,18 +50,6 @@ def vllm_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment for a vLLM process: this one, minus the project venv's, plus `SERVER_ENV`."""
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONHOME")}
     return env | SERVER_ENV | (extra or {})
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex((HOST, port)) == 0
 
 
 @dataclass
@@ -114,7 +102,7 @@ def local_vllm(
     if python is None:
         raise RuntimeError(f"{VLLM_VENV} is missing: {INSTALL_HINT}")
     port = port or free_port()
-    if _port_open(port):
+    if port_open(port):
         raise RuntimeError(f"{HOST}:{port} is taken")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "wb")  # noqa: SIM115 - closed in finally

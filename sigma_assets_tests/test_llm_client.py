@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -19,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from ports import free_port  # infra/, on the path through conftest
 from upath import UPath
 
 from sigma_assets.data.storage import StorageRoot
@@ -54,12 +54,6 @@ def chat(text: str, **params: object) -> GenerationRequest:
 
 def total(srv: FaultServer) -> int:
     return int(srv.stats()["total"])
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # -- retry rules --------------------------------------------------------------------------------------
