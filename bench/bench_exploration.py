@@ -17,7 +17,6 @@ import argparse
 import random
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,33 +27,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_search import _replace_section
 
 from sigma_assets.data.arithmetic import arithmetic_problems
-from sigma_assets.llm.generation import GenerationRequest, Sample
 from sigma_assets.method.answers import final_answer
 from sigma_assets.method.budgets import SMALL_SEARCH
 from sigma_assets.method.grading import AnswerChecker
 from sigma_assets.method.mcts import MCTSSettings, run_search, selected_path
 from sigma_assets.method.siblings import exploration_stats, sibling_sets
+from sigma_assets.testing.seeded_policy import seeded_policy
 
 
-def scripted_policy(requests: Sequence[GenerationRequest]) -> list[list[Sample]]:
-    """Seeded per request: steps that keep reasoning, answer right (1 in 5) or answer wrong."""
-    out = []
-    for request in requests:
-        rng = random.Random(request.params.seed)
-        samples = []
-        for _ in range(request.params.n):
-            kind = rng.random()
-            if not request.params.stop:  # a rollout
-                text = f"so the answer is {rng.choice(['4', '4', '5', '6'])}." if kind < 0.8 else "hmm"
-            elif kind < 0.2:
-                text = "The answer is 4."
-            elif kind < 0.45:
-                text = f"The answer is {rng.choice([3, 5, 6])}."
-            else:
-                text = f"consider {rng.randrange(10_000)}"
-            samples.append(Sample(text))
-        out.append(samples)
-    return out
+def _step(rng: random.Random, rollout: bool) -> str:
+    """Steps that keep reasoning, answer right (1 in 5) or answer wrong."""
+    kind = rng.random()
+    if rollout:
+        return f"so the answer is {rng.choice(['4', '4', '5', '6'])}." if kind < 0.8 else "hmm"
+    if kind < 0.2:
+        return "The answer is 4."
+    if kind < 0.45:
+        return f"The answer is {rng.choice([3, 5, 6])}."
+    return f"consider {rng.randrange(10_000)}"
+
+
+scripted_policy = seeded_policy(_step)
 
 
 def exploration(problems, generate, check, settings: MCTSSettings) -> dict[str, float]:

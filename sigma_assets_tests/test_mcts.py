@@ -25,6 +25,7 @@ from sigma_assets.method.mcts import (
     uct_score,
 )
 from sigma_assets.method.tree_table import tree_from_rows, tree_rows, trees_from_rows
+from sigma_assets.testing.seeded_policy import seeded_policy
 
 ASSISTANT = "<|im_start|>assistant\n"
 
@@ -76,27 +77,21 @@ class Checker:
         return [pred is not None and gold == pred for gold, pred in pairs]
 
 
-def random_policy(requests: Sequence[GenerationRequest]) -> list[list[Sample]]:
-    """Seeded by the request's own seed, so reruns replay; mixes every kind of step."""
-    out = []
-    for request in requests:
-        rng = random.Random(request.params.seed)
-        samples = []
-        for _ in range(request.params.n):
-            kind = rng.random()
-            if not request.params.stop:
-                text = f"... \\boxed{{{rng.choice([4, 4, 6])}}}" if kind < 0.8 else "I give up"
-            elif kind < 0.15:
-                text = "\\boxed{4}"
-            elif kind < 0.3:
-                text = f"the answer is {rng.choice([3, 5])}"
-            elif kind < 0.35:
-                text = "   "
-            else:
-                text = f"think {rng.randrange(1000)}"
-            samples.append(Sample(text, "stop", 10, 5))
-        out.append(samples)
-    return out
+def _mixed_step(rng: random.Random, rollout: bool) -> str:
+    """Every kind of step: right and wrong answers, blank steps, and steps that keep reasoning."""
+    kind = rng.random()
+    if rollout:
+        return f"... \\boxed{{{rng.choice([4, 4, 6])}}}" if kind < 0.8 else "I give up"
+    if kind < 0.15:
+        return "\\boxed{4}"
+    if kind < 0.3:
+        return f"the answer is {rng.choice([3, 5])}"
+    if kind < 0.35:
+        return "   "
+    return f"think {rng.randrange(1000)}"
+
+
+random_policy = seeded_policy(_mixed_step, lambda text: Sample(text, "stop", 10, 5))
 
 
 class LoggedPolicy:

@@ -19,6 +19,7 @@ from sigma_assets.method.siblings import (
     sibling_sets_from_rows,
 )
 from sigma_assets.method.tree_table import tree_rows
+from sigma_assets.testing.seeded_policy import seeded_policy
 
 # The same scripted policies as test_mcts (kept here so each test module imports on its own).
 
@@ -45,24 +46,18 @@ def scripted_policy(requests: Sequence[GenerationRequest]) -> list[list[Sample]]
     return out
 
 
-def random_policy(requests: Sequence[GenerationRequest]) -> list[list[Sample]]:
-    out = []
-    for request in requests:
-        rng = random.Random(request.params.seed)
-        samples = []
-        for _ in range(request.params.n):
-            kind = rng.random()
-            if not request.params.stop:
-                text = f"... \\boxed{{{rng.choice([4, 4, 6])}}}" if kind < 0.8 else "I give up"
-            elif kind < 0.15:
-                text = "\\boxed{4}"
-            elif kind < 0.3:
-                text = f"the answer is {rng.choice([3, 5])}"
-            else:
-                text = f"think {rng.randrange(1000)}"
-            samples.append(Sample(text))
-        out.append(samples)
-    return out
+def _step(rng: random.Random, rollout: bool) -> str:
+    kind = rng.random()
+    if rollout:
+        return f"... \\boxed{{{rng.choice([4, 4, 6])}}}" if kind < 0.8 else "I give up"
+    if kind < 0.15:
+        return "\\boxed{4}"
+    if kind < 0.3:
+        return f"the answer is {rng.choice([3, 5])}"
+    return f"think {rng.randrange(1000)}"
+
+
+random_policy = seeded_policy(_step)
 
 
 def checker(pairs: Sequence[tuple[str, str | None]]) -> list[bool]:
