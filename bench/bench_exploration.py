@@ -24,7 +24,7 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_search import _replace_section
+from common import replace_section
 
 from sigma_assets.data.arithmetic import arithmetic_problems
 from sigma_assets.method.answers import final_answer
@@ -161,7 +161,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if args.write:
-        _replace_section(args.write, "## Sibling exploration and yield", text)
+        replace_section(args.write, "## Sibling exploration and yield", text)
 
 
 if __name__ == "__main__":

@@ -10,18 +10,16 @@ import argparse
 import asyncio
 import tempfile
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
+from common import recorded_search, replace_section
 from upath import UPath
 
 from sigma_assets.data.arithmetic import arithmetic_problems
 from sigma_assets.llm.backends.hf_local import TransformersBackend
 from sigma_assets.llm.client import LLMClient
-from sigma_assets.llm.generation import GenerationRequest, Sample
 from sigma_assets.llm.response_store import ResponseStore
-from sigma_assets.method.grading import AnswerChecker
-from sigma_assets.method.mcts import MCTSSettings, run_search
+from sigma_assets.method.mcts import MCTSSettings
 from sigma_assets.testing.tiny_model import build_tiny_model
 
 SETTINGS = MCTSSettings(simulations=6, max_depth=6, step_max_tokens=24, rollout_max_tokens=48)
@@ -30,20 +28,8 @@ SETTINGS = MCTSSettings(simulations=6, max_depth=6, step_max_tokens=24, rollout_
 def search(model_dir: Path, count: int, work: Path) -> dict[str, float]:
     problems = arithmetic_problems(count)
     backend = TransformersBackend(model_dir, device="cpu", max_batch=4096, batch_size=256)
-    batches: list[list[GenerationRequest]] = []
-    with (
-        LLMClient(backend, ResponseStore(UPath(work), f"bench-{count}").load()) as client,
-        AnswerChecker() as checker,
-    ):
-        checker.check_many([("1", "1")])  # start the worker before timing
-
-        def generate(requests: Sequence[GenerationRequest]) -> list[list[Sample]]:
-            batches.append(list(requests))
-            return client.generate(requests)
-
-        started = time.perf_counter()
-        result = run_search(problems, generate, checker.check_many, SETTINGS)
-        search_s = time.perf_counter() - started
+    with LLMClient(backend, ResponseStore(UPath(work), f"bench-{count}").load()) as client:
+        result, batches, search_s = recorded_search(client, problems, SETTINGS)
     # The same prompt batches sent to the backend alone: no client, no store, no tree bookkeeping.
     bare = TransformersBackend(model_dir, device="cpu", max_batch=4096, batch_size=256)
     started = time.perf_counter()
@@ -88,19 +74,7 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if args.write:
-        _replace_section(args.write, "## Search", text)
-
-
-def _replace_section(path: Path, heading: str, text: str) -> None:
-    """Replace the section starting at `heading` (up to the next `## `) or append it."""
-    old = path.read_text() if path.exists() else "# Benchmarks\n\nMachine: 2 CPU cores, no GPU.\n\n"
-    start = old.find(heading)
-    if start < 0:
-        new = old.rstrip() + "\n\n" + text
-    else:
-        end = old.find("\n## ", start + len(heading))
-        new = old[:start] + text + (old[end + 1 :] if end >= 0 else "")
-    path.write_text(new)
+        replace_section(args.write, "## Search", text)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,17 +34,16 @@ from upath import UPath
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "infra"))
 
-from bench_search import _replace_section
+from common import recorded_search, replace_section
 from local_vllm import local_vllm
 
 from sigma_assets.data.arithmetic import arithmetic_problems
 from sigma_assets.llm.backends.openai_compat import OpenAIBackend
 from sigma_assets.llm.client import LLMClient
-from sigma_assets.llm.generation import GenerationRequest, Sample
+from sigma_assets.llm.generation import GenerationRequest
 from sigma_assets.llm.models import resolve_local_model
 from sigma_assets.llm.response_store import ResponseStore
-from sigma_assets.method.grading import AnswerChecker
-from sigma_assets.method.mcts import MCTSSettings, run_search
+from sigma_assets.method.mcts import MCTSSettings
 from sigma_assets.settings import BUNDLED_SMOLLM2
 
 # The budget `generation_job` uses for the bundled model (definitions.demo_run_config).
@@ -64,21 +62,9 @@ def search_phase(
     base_url: str, count: int, work: Path
 ) -> tuple[dict[str, Any], list[list[GenerationRequest]]]:
     problems = arithmetic_problems(count)
-    batches: list[list[GenerationRequest]] = []
     backend = OpenAIBackend(BUNDLED_SMOLLM2, base_url=base_url)
-    with (
-        LLMClient(backend, ResponseStore(UPath(work), "bench-vllm").load(), CONCURRENCY) as client,
-        AnswerChecker() as checker,
-    ):
-        checker.check_many([("1", "1")])  # start the worker before timing
-
-        def generate(requests: Sequence[GenerationRequest]) -> list[list[Sample]]:
-            batches.append(list(requests))
-            return client.generate(requests)
-
-        started = time.perf_counter()
-        result = run_search(problems, generate, checker.check_many, SETTINGS)
-        seconds = time.perf_counter() - started
+    with LLMClient(backend, ResponseStore(UPath(work), "bench-vllm").load(), CONCURRENCY) as client:
+        result, batches, seconds = recorded_search(client, problems, SETTINGS)
         assert client.usage.store_hits == 0, "the search must reach the server, not the store"
     figures = {
         "problems": count,
@@ -193,7 +179,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if args.write:
-        _replace_section(args.write, "## Search over a vLLM server", text)
+        replace_section(args.write, "## Search over a vLLM server", text)
 
 
 if __name__ == "__main__":

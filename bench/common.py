@@ -1,0 +1,43 @@
+"""What the benchmarks share: a search whose prompt batches are recorded (to replay them against the
+backend alone), and the section of docs/benchmarks.md each benchmark rewrites."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from sigma_assets.llm.client import LLMClient
+from sigma_assets.llm.generation import GenerationRequest, Sample
+from sigma_assets.method.grading import AnswerChecker
+from sigma_assets.method.mcts import MCTSSettings, SearchResult, run_search
+
+
+def recorded_search(
+    client: LLMClient, problems: Sequence[tuple[str, str, str]], settings: MCTSSettings
+) -> tuple[SearchResult, list[list[GenerationRequest]], float]:
+    """Run the search through `client`; returns its result, every prompt batch it sent, and its seconds."""
+    batches: list[list[GenerationRequest]] = []
+    with AnswerChecker() as checker:
+        checker.check_many([("1", "1")])  # start the worker before timing
+
+        def generate(requests: Sequence[GenerationRequest]) -> list[list[Sample]]:
+            batches.append(list(requests))
+            return client.generate(requests)
+
+        started = time.perf_counter()
+        result = run_search(problems, generate, checker.check_many, settings)
+        seconds = time.perf_counter() - started
+    return result, batches, seconds
+
+
+def replace_section(path: Path, heading: str, text: str) -> None:
+    """Replace the section starting at `heading` (up to the next `## `) or append it."""
+    old = path.read_text() if path.exists() else "# Benchmarks\n\nMachine: 2 CPU cores, no GPU.\n\n"
+    start = old.find(heading)
+    if start < 0:
+        new = old.rstrip() + "\n\n" + text
+    else:
+        end = old.find("\n## ", start + len(heading))
+        new = old[:start] + text + (old[end + 1 :] if end >= 0 else "")
+    path.write_text(new)
