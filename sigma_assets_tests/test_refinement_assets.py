@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import dagster as dg
 import polars as pl
@@ -54,6 +55,10 @@ def policy_of(server: FaultServer) -> OpenAIModelResource:
     return OpenAIModelResource(api_key="unused", model="scripted-policy", base_url=server.base_url)
 
 
+def critic_of(server: FaultServer, **limits: Any) -> OpenAIModelResource:
+    return OpenAIModelResource(api_key="unused", model="gpt-4o-mini", base_url=server.base_url, **limits)
+
+
 def run(settings, policy, critic, key, instance=None, assets=FULL_SHARD, raise_on_error=True, selection=None):
     return materialize_shard(
         assets,
@@ -82,13 +87,7 @@ def test_refinement_through_faults_then_replay(tmp_path):
         ) as critic_server,
     ):
         policy = policy_of(policy_server)
-        critic = OpenAIModelResource(
-            api_key="unused",
-            model="gpt-4o-mini",
-            base_url=critic_server.base_url,
-            timeout_s=1.0,
-            max_attempts=12,
-        )
+        critic = critic_of(critic_server, timeout_s=1.0, max_attempts=12)
         first = run(settings, policy, critic, key, instance)
         assert first.success
         siblings = first.output_for_node("sibling_sets")
@@ -139,12 +138,7 @@ def test_a_permanent_500_costs_max_attempts_and_names_the_problem(tmp_path):
         problems = search.output_for_node("raw_problems")
         solved = sorted(set(search.output_for_node("sibling_sets")["problem_id"]))
         doomed.append(problems.filter(pl.col("problem_id") == solved[0])["problem"][0])
-        critic = OpenAIModelResource(
-            api_key="unused",
-            model="gpt-4o-mini",
-            base_url=critic_server.base_url,
-            max_attempts=3,
-        )
+        critic = critic_of(critic_server, max_attempts=3)
         result = run(settings, policy, critic, key, assets=UP_TO_CRITIQUES, raise_on_error=False)
         requests = critic_server.stats()["requests"]["/v1/chat/completions"]
     assert not result.success
@@ -165,12 +159,7 @@ def test_a_critic_that_fails_everything_names_every_problem(tmp_path):
         FaultServer(responder=scripted_critic, fault_rate=1.0, fault_kinds=("500",)) as critic_server,
     ):
         policy = policy_of(policy_server)
-        critic = OpenAIModelResource(
-            api_key="unused",
-            model="gpt-4o-mini",
-            base_url=critic_server.base_url,
-            max_attempts=2,
-        )
+        critic = critic_of(critic_server, max_attempts=2)
         result = run(settings, policy, critic, key, assets=UP_TO_CRITIQUES, raise_on_error=False)
         requests = critic_server.stats()["requests"]["/v1/chat/completions"]
     assert not result.success
@@ -198,7 +187,7 @@ def test_rejected_answers_are_kept_and_a_rerun_sends_nothing(tmp_path):
         FaultServer(responder=invalid_first_answers) as critic_server,
     ):
         policy = policy_of(policy_server)
-        critic = OpenAIModelResource(api_key="unused", model="gpt-4o-mini", base_url=critic_server.base_url)
+        critic = critic_of(critic_server)
         first = run(settings, policy, critic, key, instance)
         assert first.success
         refined = first.output_for_node("refined_paths")
@@ -242,12 +231,7 @@ def test_the_budget_guard_refuses_before_any_request(tmp_path):
         FaultServer(responder=scripted_critic) as critic_server,
     ):
         policy = policy_of(policy_server)
-        critic = OpenAIModelResource(
-            api_key="unused",
-            model="gpt-4o-mini",
-            base_url=critic_server.base_url,
-            max_usd_per_run=settings.max_usd_per_run,
-        )
+        critic = critic_of(critic_server, max_usd_per_run=settings.max_usd_per_run)
         assert critic.max_usd_per_run == 0.00001
         result = run(settings, policy, critic, key, assets=UP_TO_CRITIQUES, raise_on_error=False)
         assert critic_server.stats()["total"] == 0  # refused before sending anything
@@ -265,13 +249,7 @@ def test_batch_api_mode_sends_each_stage_as_one_batch(tmp_path):
         FaultServer(responder=scripted_critic, model="gpt-4o-mini") as critic_server,
     ):
         policy = policy_of(policy_server)
-        critic = OpenAIModelResource(
-            api_key="unused",
-            model="gpt-4o-mini",
-            base_url=critic_server.base_url,
-            use_batch_api=True,
-            batch_poll_s=0.01,
-        )
+        critic = critic_of(critic_server, use_batch_api=True, batch_poll_s=0.01)
         result = run(settings, policy, critic, key)
         assert result.success
         stats = critic_server.stats()
