@@ -13,6 +13,7 @@ import time
 import dagster as dg
 
 from sigma_assets.definitions import defs, evaluation_job, generation_job, problems_job, training_job
+from sigma_assets.defs.operations.pools import apply_pool_limits
 from sigma_assets.evaluation.scoring import format_table
 
 # Per asset, the metadata worth a line in the terminal; the UI shows all of it.
@@ -66,6 +67,7 @@ def run_all(job_name: str, instance: dg.DagsterInstance, started: float) -> list
 
 def main() -> int:
     instance = dg.DagsterInstance.get()
+    apply_pool_limits(instance)
     started = time.monotonic()
     failed = run_all(problems_job.name, instance, started)
     failed += run_all(generation_job.name, instance, started)

@@ -49,6 +49,7 @@ _SMALL_EVAL_TOKENS = 48  # the bundled 135M model: short arithmetic answers, min
 
 @dg.asset(
     group_name="evaluation",
+    pool="gpu",  # loads each model for generation: shares the accelerator with finetuned_model
     deps=[finetuned_model, sft_dataset],
     ins={
         "raw_problems": dg.AssetIn(
