@@ -39,7 +39,7 @@ SHARD_KEYS = SHARDS.get_partition_keys()
 S0, S1 = SHARD_KEYS[0], SHARD_KEYS[1]
 T_LOW, T_HIGH = TEMPERATURES.get_partition_keys()[:2]
 ALL_FOUR = tuple(asset.key for asset in GENERATION_CHAIN)
-NOON = datetime.datetime(2025, 1, 1, 12, 0, tzinfo=datetime.timezone.utc)
+NOON = datetime.datetime(2025, 1, 1, 12, 0, tzinfo=datetime.UTC)
 
 
 def key(shard: str, temperature: str) -> str:
@@ -85,7 +85,8 @@ def land(instance: dg.DagsterInstance, partition: str, *assets: dg.AssetsDefinit
 def fail_generation(
     instance: dg.DagsterInstance, resources: dict, partition: str, *selection: dg.AssetsDefinition
 ) -> None:
-    """A real generation run that fails: the selected stages' inputs are not in storage."""
+    """A real generation run that fails: the stages' inputs are not in storage. `sibling_sets` fails
+    at once (the model stages' RetryPolicy would try again after 10 s and 20 s), the rest are skipped."""
     result = dg.materialize(
         [raw_problems, *GENERATION_CHAIN],
         selection=list(selection),
@@ -124,14 +125,18 @@ def requested(data) -> dict[str, tuple]:
     found = {}
     for request in data.run_requests or []:
         selection = tuple(request.asset_selection) if request.asset_selection else None
-        assert request.tags[ASSETS_TAG] == ",".join(k.to_user_string() for k in selection or [raw_problems.key])
+        assert request.tags[ASSETS_TAG] == ",".join(
+            k.to_user_string() for k in selection or [raw_problems.key]
+        )
         found[request.partition_key] = (selection, request.tags[REASON_TAG])
     assert len(found) == len(data.run_requests or [])
     return found
 
 
 def sensor_tick(sensor: dg.SensorDefinition, instance: dg.DagsterInstance, cursor: str | None):
-    context = dg.build_sensor_context(instance=instance, cursor=cursor, repository_def=defs.get_repository_def())
+    context = dg.build_sensor_context(
+        instance=instance, cursor=cursor, repository_def=defs.get_repository_def()
+    )
     return sensor.evaluate_tick(context)
 
 
@@ -148,17 +153,17 @@ def test_backfill_schedules_request_exactly_the_missing_and_failed_partitions(in
 
     land_problems(instance, resources, S0)
     fail_problems(instance, resources, S1, tmp_path)
-    # S0|low is healthy; S0|high searched, then its critique run failed (and with it refined_paths).
+    # S0|low is healthy; S0|high searched, then the run of the stages after the search failed.
     land(instance, key(S0, T_LOW), *GENERATION_CHAIN)
-    land(instance, key(S0, T_HIGH), mcts_trees, sibling_sets)
-    fail_generation(instance, resources, key(S0, T_HIGH), critiques, refined_paths)
+    land(instance, key(S0, T_HIGH), mcts_trees)
+    fail_generation(instance, resources, key(S0, T_HIGH), sibling_sets, critiques, refined_paths)
 
     problems = schedule_tick(backfill_problems, instance)
     assert requested(problems) == {S1: (None, "failed"), **others}
     assert {r.run_key for r in problems.run_requests} >= {f"{S1}@{NOON.isoformat()}"}
     # S1's generation waits for its problems; S0|high re-runs from the failed stage on, not the search.
     assert requested(schedule_tick(backfill_generation, instance)) == {
-        key(S0, T_HIGH): ((critiques.key, refined_paths.key), "failed")
+        key(S0, T_HIGH): (ALL_FOUR[1:], "failed")
     }
 
     # The same tick evaluated again gives the same run keys (the scheduler submits them once); the
@@ -173,7 +178,7 @@ def test_backfill_schedules_request_exactly_the_missing_and_failed_partitions(in
     # run queued, which is left to it.
     land_problems(instance, resources, S1)
     queue_generation(instance, key(S1, T_LOW))
-    land(instance, key(S0, T_HIGH), critiques, refined_paths)
+    land(instance, key(S0, T_HIGH), sibling_sets, critiques, refined_paths)
     problems = schedule_tick(backfill_problems, instance)
     assert requested(problems) == others
     if not others:
@@ -182,12 +187,12 @@ def test_backfill_schedules_request_exactly_the_missing_and_failed_partitions(in
 
 
 def test_a_stage_that_failed_after_landing_is_repaired_with_everything_after_it(instance, resources):
-    land_problems(instance, resources, S0)
+    land(instance, S0, raw_problems)  # recorded, not in storage: the search below fails on reading it
     land(instance, key(S0, T_LOW), *GENERATION_CHAIN)
-    # A later search of the same partition failed: the search and all that reads it run again.
-    fail_generation(instance, resources, key(S0, T_LOW), mcts_trees)
+    # A later run of the stages after the search failed: they run again, the search (healthy) does not.
+    fail_generation(instance, resources, key(S0, T_LOW), sibling_sets, critiques, refined_paths)
     found = requested(schedule_tick(backfill_generation, instance))
-    assert found[key(S0, T_LOW)] == (ALL_FOUR, "failed")
+    assert found[key(S0, T_LOW)] == (ALL_FOUR[1:], "failed")
     assert set(found) == {key(S0, T_LOW), key(S0, T_HIGH)}
     assert found[key(S0, T_HIGH)] == (ALL_FOUR, "missing")
 
@@ -218,14 +223,14 @@ def test_training_waits_for_every_generation_partition_then_trains_both_variants
         land(instance, shard, raw_problems)
     for partition in partitions[:-1]:
         land(instance, partition, *GENERATION_CHAIN)
-    # The last partition: searched, then its refinement failed in a real run.
-    land(instance, partitions[-1], mcts_trees, sibling_sets)
-    fail_generation(instance, resources, partitions[-1], critiques, refined_paths)
+    # The last partition: searched, then the run of the stages after the search failed.
+    land(instance, partitions[-1], mcts_trees)
+    fail_generation(instance, resources, partitions[-1], sibling_sets, critiques, refined_paths)
     waiting = sensor_tick(train_on_new_shards, instance, None)
     assert not waiting.run_requests and partitions[-1] in waiting.skip_message
     assert waiting.cursor is None  # what landed meanwhile still counts as new next time
 
-    land(instance, partitions[-1], critiques, refined_paths)
+    land(instance, partitions[-1], sibling_sets, critiques, refined_paths)
     newest = newest_refined(instance)
     first = sensor_tick(train_on_new_shards, instance, None)
     assert training_requests(first) == {v: f"train:{v}:{newest}" for v in VARIANTS.get_partition_keys()}

@@ -21,7 +21,7 @@ ASSETS_TAG = "sigma/backfill_assets"  # the assets the run materialises again
 
 
 def _tick(context: dg.ScheduleEvaluationContext) -> str:
-    when = context.scheduled_execution_time or datetime.datetime.now(datetime.timezone.utc)
+    when = context.scheduled_execution_time or datetime.datetime.now(datetime.UTC)
     return when.isoformat()
 
 

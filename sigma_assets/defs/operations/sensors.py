@@ -23,7 +23,9 @@ TRIGGER_TAG = "sigma/trigger"
 AFTER_TAG = "sigma/after_storage_id"
 
 
-def latest_storage_id(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str | None = None) -> int | None:
+def latest_storage_id(
+    instance: dg.DagsterInstance, key: dg.AssetKey, partition: str | None = None
+) -> int | None:
     """The storage id of the newest materialisation of `key` (of one partition, if given)."""
     records = instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition] if partition else None), limit=1
@@ -51,14 +53,16 @@ def train_on_new_shards(context: dg.SensorEvaluationContext):
     # The cursor stays put while waiting, so the data that landed meanwhile still counts as new.
     state = generation_state(instance)
     if not state.complete:
-        pending = sorted({r.partition for r in state.repairs} | set(state.waiting) | set(state.shards_not_landed))
-        return dg.SkipReason(f"waiting for the generation partitions to land, not trained on a partial set: {pending}")
+        pending = {r.partition for r in state.repairs} | set(state.waiting) | set(state.shards_not_landed)
+        return dg.SkipReason(f"not training on a partial set; waiting for {sorted(pending)}")
     if any(IN_PROGRESS in statuses(instance, asset).values() for asset in (sft_dataset, finetuned_model)):
         return dg.SkipReason("a training run is in progress")
     requests = []
     for variant in VARIANTS.get_partition_keys():
-        # Without a cursor (the sensor just switched on), a variant trained after the newest data is current.
-        since = consumed if consumed is not None else latest_storage_id(instance, finetuned_model.key, variant)
+        # Without a cursor (the sensor just switched on): a variant trained after the newest data is current.
+        since = consumed
+        if since is None:
+            since = latest_storage_id(instance, finetuned_model.key, variant)
         if since is None or newest > since:
             requests.append(
                 dg.RunRequest(
@@ -83,7 +87,8 @@ def evaluate_new_models(context: dg.SensorEvaluationContext):
     instance = context.instance
     models = statuses(instance, finetuned_model)
     if any(status != MATERIALIZED for status in models.values()):
-        return dg.SkipReason(f"waiting for both fine-tunes: {models}")
+        found = {v: status.value if status else "missing" for v, status in models.items()}
+        return dg.SkipReason(f"waiting for both fine-tunes: {found}")
     if IN_PROGRESS in statuses(instance, sft_dataset).values():
         return dg.SkipReason("a training run is in progress")
     newest = max(latest_storage_id(instance, finetuned_model.key, v) or 0 for v in models)

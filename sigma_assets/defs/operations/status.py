@@ -18,7 +18,9 @@ IN_PROGRESS = dg.AssetPartitionStatus.IN_PROGRESS
 GENERATION_CHAIN = (mcts_trees, sibling_sets, critiques, refined_paths)
 
 
-def statuses(instance: dg.DagsterInstance, asset: dg.AssetsDefinition) -> dict[str, dg.AssetPartitionStatus | None]:
+def statuses(
+    instance: dg.DagsterInstance, asset: dg.AssetsDefinition
+) -> dict[str, dg.AssetPartitionStatus | None]:
     """Every partition of `asset` with its status: None for one never materialised nor attempted."""
     partitions_def = asset.partitions_def
     assert partitions_def is not None
