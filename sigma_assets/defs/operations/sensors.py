@@ -92,7 +92,7 @@ def evaluate_new_models(context: dg.SensorEvaluationContext):
     if IN_PROGRESS in statuses(instance, sft_dataset).values():
         return dg.SkipReason("a training run is in progress")
     newest = max(latest_storage_id(instance, finetuned_model.key, v) or 0 for v in models)
-    # Without a cursor (the sensor just switched on), models older than the last evaluation are scored.
+    # Without a cursor (the sensor just switched on), models older than the last evaluation count as scored.
     since = int(context.cursor) if context.cursor else latest_storage_id(instance, eval_scores.key)
     if since is not None and newest <= since:
         return dg.SkipReason("no fine-tune newer than the last evaluation")
