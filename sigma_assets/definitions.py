@@ -8,6 +8,8 @@ import dagster as dg
 
 from sigma_assets.defs.evaluation import assets as evaluation
 from sigma_assets.defs.evaluation.assets import EvaluationResource
+from sigma_assets.defs.operations.schedules import SCHEDULES
+from sigma_assets.defs.operations.sensors import SENSORS
 from sigma_assets.defs.problems import assets as problems
 from sigma_assets.defs.refinement import assets as refinement
 from sigma_assets.defs.search import assets as search
@@ -130,6 +132,8 @@ defs = dg.Definitions(
     assets=ASSETS,
     asset_checks=CHECKS,
     jobs=[problems_job, generation_job, training_job, evaluation_job],
+    schedules=SCHEDULES,
+    sensors=SENSORS,
     resources=build_resources(SETTINGS),
     executor=step_executor(SETTINGS),
 )

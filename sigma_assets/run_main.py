@@ -27,6 +27,7 @@ from dagster._core.workspace.load_target import WorkspaceFileTarget
 from dagster._utils.hosted_user_process import recon_job_from_origin
 
 from sigma_assets.definitions import defs, evaluation_job, generation_job, problems_job, training_job
+from sigma_assets.defs.operations.pools import apply_pool_limits
 from sigma_assets.evaluation.scoring import format_table
 
 WORKSPACE = Path(__file__).resolve().parent.parent / "workspace.yaml"
@@ -176,6 +177,7 @@ def main() -> int:
 
     transformers_logging.disable_progress_bar()
     instance = dg.DagsterInstance.get()
+    apply_pool_limits(instance)
     clock = Clock()
     failed: list[str] = []
     with WorkspaceProcessContext(instance, WorkspaceFileTarget(paths=[str(WORKSPACE)])) as process:

@@ -51,6 +51,7 @@ _SMALL_EVAL_TOKENS = 48  # the bundled 135M model: short arithmetic answers, min
 @dg.asset(
     op_tags=k8s_op_tags("eval_scores"),
     group_name="evaluation",
+    pool="gpu",  # loads each model for generation: shares the accelerator with finetuned_model
     deps=[finetuned_model, sft_dataset],
     ins={
         "raw_problems": dg.AssetIn(

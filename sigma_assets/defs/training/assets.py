@@ -246,6 +246,7 @@ def _publish_model(root: StorageRoot, variant: str, built: Path) -> str:
 @variant_asset(
     op_tags=k8s_op_tags("finetuned_model"),
     ins={"sft_dataset": dg.AssetIn()},
+    pool="gpu",  # one model on the accelerator at a time, with eval_scores
     kinds={"transformers", "safetensors"},
     description="The base model fine-tuned with TRL's SFTTrainer on the variant's SFT set "
     "(safetensors, tokenizer, training arguments, loss log under <root>/models/<variant>/).",
