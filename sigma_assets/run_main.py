@@ -10,6 +10,7 @@ its headline figures; at the end, the accuracy table.
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -172,7 +173,9 @@ def run_job(
 
 
 def main() -> int:
-    # One line per step is the progress shown here; transformers' per-load bars would bury it.
+    # One line per step is the progress shown here; the libraries' own bars (here and in the trainer's
+    # process) would bury it.
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()
