@@ -23,6 +23,7 @@ from sigma_assets.llm.generation import GenerationRequest
 from sigma_assets.llm.response_store import sample_key
 from sigma_assets.method.budgets import refinement_budget
 from sigma_assets.method.grading import AnswerChecker
+from sigma_assets.method.previews import render_preview_markdown
 from sigma_assets.method.refinement import (
     CRITIQUE_COLUMNS,
     REFINED_COLUMNS,
@@ -31,7 +32,6 @@ from sigma_assets.method.refinement import (
     RefinementSettings,
     critique,
     problem_paths,
-    render_preview_markdown,
     revise,
 )
 from sigma_assets.method.siblings import SiblingSet

@@ -26,6 +26,7 @@ from sigma_assets.defs.shared.partitions import ONE_RUN_PER_PARTITION
 from sigma_assets.defs.shared.resources import StorageResource
 from sigma_assets.defs.training.resources import TrainingResource
 from sigma_assets.method.grading import AnswerChecker
+from sigma_assets.method.previews import render_chat_samples_markdown
 from sigma_assets.training import sft_data
 from sigma_assets.training.charts import histogram_png, line_png, markdown_image
 from sigma_assets.training.model_files import local_model_dir, model_path, reload_and_generate
@@ -79,17 +80,6 @@ def _token_lengths(frame: pl.DataFrame, model_dir: str) -> list[int]:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     chats = [[{"role": m["role"], "content": m["content"]} for m in ms] for ms in frame["messages"].to_list()]
     return [len(tokenizer.apply_chat_template(chat, tokenize=True)["input_ids"]) for chat in chats]
-
-
-def _preview(frame: pl.DataFrame, count: int) -> str:
-    parts = []
-    for row in frame.head(count).iter_rows(named=True):
-        user, assistant = (m["content"] for m in row["messages"])
-        parts.append(
-            f"**{row['problem_id']}** (T={row['temperature']}, {row['shard']})\n\n"
-            f"*user*\n\n```\n{user}\n```\n\n*assistant*\n\n```\n{assistant}\n```"
-        )
-    return "\n\n---\n\n".join(parts) or "no samples"
 
 
 @variant_asset(
@@ -150,7 +140,9 @@ def sft_dataset(
             "length_histogram": dg.MetadataValue.md(
                 markdown_image(histogram_png(lengths, f"{variant}: tokens per sample", "tokens"), "lengths")
             ),
-            "preview": dg.MetadataValue.md(_preview(frame, config.preview_samples)),
+            "preview": dg.MetadataValue.md(
+                render_chat_samples_markdown(frame.head(config.preview_samples).iter_rows(named=True))
+            ),
         }
     )
     return frame
