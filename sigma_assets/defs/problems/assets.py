@@ -120,7 +120,7 @@ def _skipped_table(skipped: list[SkippedRow]) -> str:
     partitions_def=SHARDS,
     description="Schema, unique ids, and every row in its own shard.",
 )
-def raw_problems_valid(
+def schema_ids_and_shards_valid(
     context: dg.AssetCheckExecutionContext, raw_problems: pl.DataFrame
 ) -> dg.AssetCheckResult:
     problems: list[str] = []

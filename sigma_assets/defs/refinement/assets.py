@@ -235,7 +235,9 @@ def no_problem_lost(
     partitions_def=SHARD_TEMPERATURE,
     description="Drift and generic rates under thresholds.",
 )
-def guard_rates(config: RateThresholds, refined_paths: pl.DataFrame) -> dg.AssetCheckResult:
+def drift_and_generic_rates_under_threshold(
+    config: RateThresholds, refined_paths: pl.DataFrame
+) -> dg.AssetCheckResult:
     # Both rates are shares of problems (a problem counts as generic if any of its depths was).
     drift = float(refined_paths["drift"].mean() or 0.0)
     generic = float(refined_paths["generic_feedback"].mean() or 0.0)
@@ -249,9 +251,9 @@ def guard_rates(config: RateThresholds, refined_paths: pl.DataFrame) -> dg.Asset
 @dg.asset_check(
     asset=refined_paths,
     partitions_def=SHARD_TEMPERATURE,
-    description="Every refined path ends with a checked answer.",
+    description="Every refined path ends with an explicit answer the checker accepts.",
 )
-def refined_answers_checked(refined_paths: pl.DataFrame) -> dg.AssetCheckResult:
+def every_path_ends_correct(refined_paths: pl.DataFrame) -> dg.AssetCheckResult:
     unchecked = refined_paths.filter(pl.col("final_answer").is_null() | ~pl.col("correct"))
     return dg.AssetCheckResult(
         passed=unchecked.is_empty(),

@@ -153,7 +153,7 @@ def sft_dataset(
     partitions_def=VARIANTS,
     description="Every sample is a user turn then an assistant turn, neither empty.",
 )
-def sft_chat_format(sft_dataset: pl.DataFrame) -> dg.AssetCheckResult:
+def chat_format_valid(sft_dataset: pl.DataFrame) -> dg.AssetCheckResult:
     problems = sft_data.format_problems(sft_dataset)
     return dg.AssetCheckResult(
         passed=not problems and sft_dataset.height > 0,
@@ -166,7 +166,7 @@ def sft_chat_format(sft_dataset: pl.DataFrame) -> dg.AssetCheckResult:
     partitions_def=VARIANTS,
     description="No held-out problem is in the training samples.",
 )
-def no_heldout_in_sft(
+def no_heldout_problem(
     context: dg.AssetCheckExecutionContext, sft_dataset: pl.DataFrame, storage: StorageResource
 ) -> dg.AssetCheckResult:
     heldout = set(read_heldout(storage.root(), context.partition_key)["problem_id"])
@@ -300,7 +300,7 @@ def finetuned_model(
     partitions_def=VARIANTS,
     description="The trained model reloads with AutoModelForCausalLM and generates.",
 )
-def model_reloads_and_generates(
+def reloads_and_generates(
     context: dg.AssetCheckExecutionContext, storage: StorageResource
 ) -> dg.AssetCheckResult:
     with local_model_dir(storage.root(), context.partition_key) as folder:
