@@ -14,6 +14,7 @@ from sigma_assets.method.previews import (
     render_preview_markdown,
     render_problems_markdown,
     render_sibling_sets_markdown,
+    render_text_markdown,
     render_tree_markdown,
 )
 from sigma_assets.method.prompts import describe_outcome
@@ -197,5 +198,16 @@ def test_problems_and_chat_samples_keep_line_breaks() -> None:
     source = render_chat_samples_markdown([sample, sample])
     rendered = html(source)
     assert "```" not in source and rendered.count("<hr />") == 1
-    assert "<em>assistant</em><br />\n2*3 = 6.<br />\nThe answer is 6." in rendered
+    # A blank line between steps is a paragraph break, as in the text.
+    assert "<p><em>assistant</em><br />\n2*3 = 6.</p>\n<p>The answer is 6.</p>" in rendered
     assert render_chat_samples_markdown([]) == "_no samples_\n"
+
+
+def test_prompt_template_keeps_its_lines_without_a_code_block() -> None:
+    template = "<|im_start|>user\nWhat is 2 + 3?<|im_end|>\n\n<|im_start|>user\n{problem}<|im_end|>\n" + LONG
+    source = render_text_markdown(template)
+    rendered = html(source)
+    assert "```" not in source and max(len(line) for line in source.splitlines()) <= WIDTH
+    assert "&lt;|im_start|&gt;user<br />\nWhat is 2 + 3?&lt;|im_end|&gt;</p>" in rendered
+    assert "&lt;|im_start|&gt;user<br />\n{problem}&lt;|im_end|&gt;<br />" in rendered
+    assert LONG in text_of(rendered)  # never cut, however long

@@ -37,28 +37,36 @@ def _protect_line_start(line: str) -> str:
     return _LINE_START.sub(r"\1\\\2", line)
 
 
-def text_block(text: str, indent: int = 0, max_chars: int = MAX_CHARS) -> list[str]:
-    """`text` as source lines of one paragraph, indented by `indent` spaces: each of its own lines
-    ends in a hard break, and long ones wrap in the source (soft breaks the UI reflows)."""
+def text_block(text: str, indent: int = 0, max_chars: int | None = MAX_CHARS) -> list[str]:
+    """`text` as source lines, indented by `indent` spaces: each of its own lines ends in a hard break,
+    a blank line starts a new paragraph, and long lines wrap in the source (soft breaks the UI reflows)."""
     text = text.strip()
-    if len(text) > max_chars:
+    if max_chars is not None and len(text) > max_chars:
         text = text[: max_chars - 1].rstrip() + "…"
-    own = [" ".join(line.split()) for line in text.splitlines()]
-    own = [line for line in own if line] or ["(empty)"]
     pad = " " * indent
     out: list[str] = []
-    for i, line in enumerate(own):
-        wrapped = textwrap.wrap(
-            _SPECIAL.sub(r"\\\1", line),
-            max(WIDTH - indent, 40),
-            break_long_words=False,
-            break_on_hyphens=False,
-        )
-        wrapped = [pad + _protect_line_start(part) for part in wrapped]
-        if i < len(own) - 1:
-            wrapped[-1] += "\\"
-        out += wrapped
-    return out
+    for paragraph in re.split(r"\n\s*\n", text):
+        own = [" ".join(line.split()) for line in paragraph.splitlines()]
+        own = [line for line in own if line]
+        if out and own:
+            out.append("")
+        for i, line in enumerate(own):
+            wrapped = textwrap.wrap(
+                _SPECIAL.sub(r"\\\1", line),
+                max(WIDTH - indent, 40),
+                break_long_words=False,
+                break_on_hyphens=False,
+            )
+            wrapped = [pad + _protect_line_start(part) for part in wrapped]
+            if i < len(own) - 1:
+                wrapped[-1] += "\\"
+            out += wrapped
+    return out or [pad + "(empty)"]
+
+
+def render_text_markdown(text: str) -> str:
+    """Plain text (e.g. a prompt template) that keeps its line breaks and wraps, unlike a code block."""
+    return "\n".join(text_block(text, max_chars=None)) + "\n"
 
 
 def _item(head: str, body: str | None, indent: int) -> list[str]:

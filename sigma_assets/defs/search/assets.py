@@ -29,7 +29,11 @@ from sigma_assets.method.mcts import (
     tree_rows,
     trees_from_rows,
 )
-from sigma_assets.method.previews import render_sibling_sets_markdown, render_tree_markdown
+from sigma_assets.method.previews import (
+    render_sibling_sets_markdown,
+    render_text_markdown,
+    render_tree_markdown,
+)
 from sigma_assets.method.siblings import SIBLING_COLUMNS, SiblingSet, exploration_stats
 from sigma_assets.method.siblings import sibling_sets as siblings_of
 
@@ -97,7 +101,7 @@ def mcts_trees(
             "settings": dg.MetadataValue.json(
                 {k: v for k, v in asdict(settings).items() if k != "prompt_template"}
             ),
-            "prompt_template": dg.MetadataValue.md(f"```\n{settings.prompt_template}\n```"),
+            "prompt_template": dg.MetadataValue.md(render_text_markdown(settings.prompt_template)),
             "preview": dg.MetadataValue.md(
                 render_tree_markdown(preview_tree) if preview_tree else "no trees"
             ),
