@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 start=$(date +%s)
 bash infra/install.sh
 export DAGSTER_HOME="$PWD/.dagster_home"
-mkdir -p "$DAGSTER_HOME" && cp dagster.yaml "$DAGSTER_HOME/dagster.yaml"
+mkdir -p "$DAGSTER_HOME" && cp infra/dagster.yaml "$DAGSTER_HOME/dagster.yaml"
 .venv/bin/python -m sigma_assets.run_main
 echo "Done in $(( $(date +%s) - start )) s."
-echo "Open the UI:  DAGSTER_HOME=$DAGSTER_HOME .venv/bin/dagster dev -w workspace.yaml  ->  http://127.0.0.1:3000"
+echo "Open the UI:  DAGSTER_HOME=$DAGSTER_HOME .venv/bin/dg dev  ->  http://127.0.0.1:3000"
