@@ -215,7 +215,7 @@ def test_ui_lineage_launch_and_preview(tmp_path: Path) -> None:
                 assert before in upstream[after], (before, after, upstream[after])
             page.screenshot(path=tmp_path / "asset_graph.png", full_page=False)
             if os.environ.get("SIGMA_UPDATE_SCREENSHOT") == "1":
-                page.screenshot(path=REPO / "docs" / "asset_graph.png", clip=_graph_clip(labels))
+                _save_graph(page, REPO / "docs" / "asset_graph.png")
 
             # (b) One shard of raw_problems materialised from the UI: Materialize, pick the shard, launch.
             page.goto(f"{server.url}/assets/raw_problems")
@@ -248,16 +248,12 @@ def test_ui_lineage_launch_and_preview(tmp_path: Path) -> None:
     assert not warnings, warnings
 
 
-def _graph_clip(labels: list) -> dict[str, float]:
-    """The part of the page around the eight nodes, with a margin."""
-    boxes = [label.bounding_box() for label in labels]
-    left = min(b["x"] for b in boxes) - 80
-    top = min(b["y"] for b in boxes) - 120
-    right = max(b["x"] + b["width"] for b in boxes) + 80
-    bottom = max(b["y"] + b["height"] for b in boxes) + 80
-    return {
-        "x": max(left, 0),
-        "y": max(top, 0),
-        "width": right - max(left, 0),
-        "height": bottom - max(top, 0),
-    }
+def _save_graph(page, path: Path) -> None:
+    """The nodes and their groups, without the zoom controls, with a small margin."""
+    page.add_style_tag(content='[class*="zoomSlider"] { visibility: hidden; }')
+    boxes = [box for box in (o.bounding_box() for o in page.locator("svg foreignObject").all()) if box]
+    left = max(min(b["x"] for b in boxes) - 16, 0)
+    top = max(min(b["y"] for b in boxes) - 16, 0)
+    right = max(b["x"] + b["width"] for b in boxes) + 16
+    bottom = max(b["y"] + b["height"] for b in boxes) + 16
+    page.screenshot(path=path, clip={"x": left, "y": top, "width": right - left, "height": bottom - top})
