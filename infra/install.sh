@@ -12,6 +12,14 @@ export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
+# The browser test drives Debian's chromium through Playwright's Python package (no `playwright install`).
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "chromium is missing: install it (apt-get install chromium) to run the browser test" >&2
+  fi
+fi
 pip() { .venv/bin/python -m pip "$@"; }
 # torch first, pinned to the CPU build: a bare `torch` requirement would pull a multi-GB CUDA build.
 # On a GPU machine, install your CUDA torch before running this script; pyproject's range keeps it.

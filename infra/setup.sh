@@ -5,8 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
 bash infra/install.sh
-export DAGSTER_HOME="$PWD/.dagster_home"
-mkdir -p "$DAGSTER_HOME" && cp dagster.yaml "$DAGSTER_HOME/dagster.yaml"
+# The instance is configured by the top-level dagster.yaml, read in place.
+export DAGSTER_HOME="$PWD"
 .venv/bin/python -m sigma_assets.run_main
 echo "Done in $(( $(date +%s) - start )) s."
-echo "Open the UI:  DAGSTER_HOME=$DAGSTER_HOME .venv/bin/dagster dev -w workspace.yaml  ->  http://127.0.0.1:3000"
+echo "Open the UI:  DAGSTER_HOME=\$PWD .venv/bin/dg dev  ->  http://127.0.0.1:3000 (from $PWD)"

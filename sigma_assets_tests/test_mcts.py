@@ -17,7 +17,6 @@ from sigma_assets.method.mcts import (
     Tree,
     path_mean_q,
     policy_prompt,
-    render_tree_markdown,
     run_search,
     sampling_seed,
     select_child,
@@ -500,7 +499,7 @@ def test_duplicate_problem_ids_are_refused() -> None:
         run_search([("a", "x", "1"), ("a", "y", "2")], random_policy, Checker())
 
 
-# --- storage and preview ----------------------------------------------------------------------------------
+# --- storage ------------------------------------------------------------------------------------------------
 
 
 def test_tree_rows_round_trip_through_polars() -> None:
@@ -519,15 +518,3 @@ def test_tree_rows_round_trip_through_polars() -> None:
     assert (one.problem, one.gold_answer, one.problem_id) == ("What?", "4", "p1")
     with pytest.raises(ValueError):
         tree_from_rows(rows)  # several problems
-
-
-def test_render_tree_markdown_marks_path_and_truncates() -> None:
-    result = run_search(problems(1), ScriptedPolicy(), Checker(), MCTSSettings(simulations=3))
-    text = render_tree_markdown(result.trees[0])
-    assert "★ ✓ `0.0.0`" in text and "✗ `0.0.1`" in text and "★ `0.0`" in text
-    assert "q=+1.00 n=1" in text
-    short = render_tree_markdown(result.trees[0], max_nodes=2)
-    assert short.splitlines()[-1] == "- … 8 more nodes"
-    long_step = Tree("x", "?", "1")
-    long_step.root.children = [Node("0.0", "0", 1, "word " * 50)]
-    assert max(len(line) for line in render_tree_markdown(long_step).splitlines()) < 120

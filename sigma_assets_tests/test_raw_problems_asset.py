@@ -17,7 +17,7 @@ from sigma_assets.defs.problems.assets import (
     SKIPPED_SHARE_CHECK,
     RawProblemsConfig,
     raw_problems,
-    raw_problems_valid,
+    schema_ids_and_shards_valid,
 )
 from sigma_assets.defs.shared.partitions import SHARD_TEMPERATURE, SHARDS
 from sigma_assets.method.grading import AnswerChecker, gold_alternatives
@@ -28,7 +28,7 @@ def materialize_all_shards(settings: Settings) -> list[dg.ExecuteInProcessResult
     instance = dg.DagsterInstance.ephemeral()
     return [
         dg.materialize(
-            [raw_problems, raw_problems_valid],
+            [raw_problems, schema_ids_and_shards_valid],
             partition_key=key,
             resources=build_resources(settings),
             instance=instance,

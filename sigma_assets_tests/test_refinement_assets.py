@@ -14,9 +14,9 @@ from sigma_assets.definitions import build_resources
 from sigma_assets.defs.problems.assets import raw_problems
 from sigma_assets.defs.refinement.assets import (
     critiques,
-    guard_rates,
+    drift_and_generic_rates_under_threshold,
+    every_path_ends_correct,
     no_problem_lost,
-    refined_answers_checked,
     refined_paths,
 )
 from sigma_assets.defs.search.assets import mcts_trees, sibling_sets
@@ -45,8 +45,8 @@ FULL_SHARD = [
     critiques,
     refined_paths,
     no_problem_lost,
-    guard_rates,
-    refined_answers_checked,
+    drift_and_generic_rates_under_threshold,
+    every_path_ends_correct,
 ]
 UP_TO_CRITIQUES = [raw_problems, mcts_trees, sibling_sets, critiques]
 

@@ -18,10 +18,10 @@ from sigma_assets.defs.shared.io_manager import AtomicParquetIOManager
 from sigma_assets.defs.shared.partitions import SHARD_TEMPERATURE, SHARDS
 from sigma_assets.defs.shared.resources import StorageResource
 from sigma_assets.defs.training.assets import (
+    chat_format_valid,
     finetuned_model,
-    model_reloads_and_generates,
-    no_heldout_in_sft,
-    sft_chat_format,
+    no_heldout_problem,
+    reloads_and_generates,
     sft_dataset,
 )
 from sigma_assets.defs.training.resources import TrainingResource
@@ -34,9 +34,9 @@ TRAINING_ASSETS = [
     dg.AssetSpec("refined_paths", partitions_def=SHARD_TEMPERATURE),
     sft_dataset,
     finetuned_model,
-    sft_chat_format,
-    no_heldout_in_sft,
-    model_reloads_and_generates,
+    chat_format_valid,
+    no_heldout_problem,
+    reloads_and_generates,
 ]
 # Three optimizer steps of two samples: seconds on the tiny model.
 FEW_STEPS = {
@@ -145,9 +145,9 @@ def test_models_train_through_pipes_and_reload(trained):
         assert metadata["loss_curve"].value.startswith("![loss](data:image/png;base64,")
         checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
         assert checks == {
-            "sft_chat_format": True,
-            "no_heldout_in_sft": True,
-            "model_reloads_and_generates": True,
+            "chat_format_valid": True,
+            "no_heldout_problem": True,
+            "reloads_and_generates": True,
         }
     # The trainer's logged steps were streamed back through Pipes into the run's log.
     run_id = trained["results"]["sigma"].run_id

@@ -468,33 +468,3 @@ def selected_path(tree: Tree) -> list[Node] | None:
 
 
 SELECTION_RULE = "correct terminal leaf with the highest mean Q over its path's steps (then visits, then id)"
-
-
-# --- preview ---------------------------------------------------------------------------------------
-
-
-def render_tree_markdown(tree: Tree, max_nodes: int = 40) -> str:
-    """A compact indented preview: one line per node, ★ on the selected path, ✓/✗ on terminals."""
-    path = selected_path(tree)
-    on_path = {n.node_id for n in path} if path else set()
-    lines = [f"**{tree.problem_id}** — {'selected path found' if path else 'no correct leaf'}", ""]
-    shown = 0
-    total = 0
-    for node in tree.nodes():
-        total += 1
-        if shown >= max_nodes:
-            continue
-        shown += 1
-        step = " ".join(node.step.split()) or ("(root)" if node.parent_id is None else "(empty)")
-        if len(step) > 80:
-            step = step[:77] + "..."
-        mark = ""
-        if node.terminal:
-            why = node.terminal_reason if node.terminal_reason not in (None, "answer") else ""
-            mark = "✓ " if node.correct else f"✗ {why} " if why else "✗ "
-        star = "★ " if node.node_id in on_path else ""
-        indent = "  " * node.depth
-        lines.append(f"{indent}- {star}{mark}`{node.node_id}` q={node.q:+.2f} n={node.visits} {step}")
-    if total > shown:
-        lines.append(f"- … {total - shown} more nodes")
-    return "\n".join(lines)

@@ -26,7 +26,6 @@ problems. No Dagster imports: `generate` is `LLMClient.generate` or any function
 
 from __future__ import annotations
 
-import html
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,7 +34,6 @@ from sigma_assets.llm.client import RequestFailed
 from sigma_assets.llm.generation import GenerationRequest, Sample, SamplingParams, user
 from sigma_assets.method.feedback import is_generic_feedback
 from sigma_assets.method.prompts import (
-    describe_outcome,
     parse_path_critique,
     parse_path_revision,
     parse_step_text,
@@ -57,7 +55,6 @@ from sigma_assets.method.refinement_records import (
     RevisionMode,
 )
 from sigma_assets.method.revision_rules import path_answer, rejection_reason, revision_answer
-from sigma_assets.method.siblings import SiblingSet
 
 DEFAULT_SETTINGS = RefinementSettings()
 
@@ -497,74 +494,3 @@ def refine(
     request_key: RequestKey | None = None,
 ) -> list[RefinedPath]:
     return refine_all(problems, generate, check_answers, settings, request_key).refined
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Preview
-# ---------------------------------------------------------------------------------------------------------
-
-
-def _cell(text: str, max_chars: int) -> str:
-    text = text.strip()
-    if len(text) > max_chars:
-        text = text[: max_chars - 1].rstrip() + "…"
-    return html.escape(text, quote=False).replace("|", "\\|").replace("\n", "<br>")
-
-
-def render_preview_markdown(
-    sibling_sets: Sequence[SiblingSet],
-    critiques: Sequence[CritiqueRow],
-    refined: RefinedPath | None = None,
-    max_chars: int = 400,
-) -> str:
-    """One problem side by side: per depth the selected step, its siblings, the feedback, the revision."""
-    if not sibling_sets:
-        return "_no selected path_"
-    problem_id = sibling_sets[0].problem_id
-    feedback = {row.depth: row for row in critiques if row.problem_id == problem_id}
-    lines = [f"### {problem_id}"]
-    if refined is not None:
-        flags = [
-            name
-            for name, on in (
-                ("drift", refined.drift),
-                ("regurgitation", refined.regurgitation),
-                ("generic feedback", refined.generic_feedback),
-            )
-            if on
-        ]
-        lines.append(
-            f"critique: {refined.critique_mode} · revision: {refined.revision_mode} · "
-            f"answer: {refined.final_answer} ({'correct' if refined.correct else 'incorrect'}) · "
-            f"flags: {', '.join(flags) or 'none'} · calls: {refined.calls} · "
-            f"tokens: {refined.prompt_tokens} + {refined.completion_tokens}"
-        )
-    lines += [
-        "",
-        "| depth | selected step | siblings | feedback | revision |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    for r in sorted(sibling_sets, key=lambda s: s.depth):
-        selected = (
-            f"**Q {r.selected_q:+.2f}, {r.selected_visits} visits**<br>{_cell(r.selected_step, max_chars)}"
-        )
-        siblings = (
-            "<br><br>".join(
-                f"**Q {s.q:+.2f}, {describe_outcome(s.outcome)}**<br>{_cell(s.step, max_chars)}"
-                for s in r.siblings
-            )
-            or "_none_"
-        )
-        row = feedback.get(r.depth)
-        fb = (
-            "_missing_"
-            if row is None
-            else _cell(row.feedback, max_chars) + (" _(generic)_" if row.generic else "")
-        )
-        revision = "_none_"
-        if refined is not None and r.depth <= len(refined.refined_steps):
-            revision = _cell(refined.refined_steps[r.depth - 1], max_chars)
-            if refined.drift:
-                revision += " _(original kept: drift)_"
-        lines.append(f"| {r.depth} | {selected} | {siblings} | {fb} | {revision} |")
-    return "\n".join(lines) + "\n"

@@ -19,6 +19,7 @@ from sigma_assets.defs.shared.partitions import SHARDS, shard_asset
 from sigma_assets.defs.shared.resources import ProblemsResource, StorageResource
 from sigma_assets.method.gold_answers import reason_category
 from sigma_assets.method.grading import AnswerChecker
+from sigma_assets.method.previews import render_problems_markdown
 
 SKIPPED_SHARE_CHECK = "skipped_share_under_threshold"
 MAX_LISTED = 200
@@ -91,7 +92,7 @@ def raw_problems(
             "skipped_share": round(share, 4),
             "skipped_by_reason": dg.MetadataValue.json(by_reason),
             "skipped": dg.MetadataValue.md(_skipped_table(skipped)),
-            "preview": dg.MetadataValue.md(_preview(frame)),
+            "preview": dg.MetadataValue.md(render_problems_markdown(frame.head(5).iter_rows(named=True))),
         },
     )
     yield check
@@ -114,19 +115,12 @@ def _skipped_table(skipped: list[SkippedRow]) -> str:
     return "\n".join(lines)
 
 
-def _preview(frame: pl.DataFrame, rows: int = 5) -> str:
-    lines = ["| problem_id | problem | answer |", "|---|---|---|"]
-    for row in frame.head(rows).iter_rows(named=True):
-        lines.append(f"| {row['problem_id']} | {_cell(row['problem'])} | {_cell(row['answer'])} |")
-    return "\n".join(lines)
-
-
 @dg.asset_check(
     asset=raw_problems,
     partitions_def=SHARDS,
     description="Schema, unique ids, and every row in its own shard.",
 )
-def raw_problems_valid(
+def schema_ids_and_shards_valid(
     context: dg.AssetCheckExecutionContext, raw_problems: pl.DataFrame
 ) -> dg.AssetCheckResult:
     problems: list[str] = []

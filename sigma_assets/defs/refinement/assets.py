@@ -23,7 +23,8 @@ from sigma_assets.llm.generation import GenerationRequest
 from sigma_assets.llm.response_store import sample_key
 from sigma_assets.method.budgets import refinement_budget
 from sigma_assets.method.grading import AnswerChecker
-from sigma_assets.method.refinement import critique, render_preview_markdown, revise
+from sigma_assets.method.previews import render_preview_markdown
+from sigma_assets.method.refinement import critique, revise
 from sigma_assets.method.refinement_records import (
     CRITIQUE_COLUMNS,
     REFINED_COLUMNS,
@@ -233,7 +234,9 @@ def no_problem_lost(
     partitions_def=SHARD_TEMPERATURE,
     description="Drift and generic rates under thresholds.",
 )
-def guard_rates(config: RateThresholds, refined_paths: pl.DataFrame) -> dg.AssetCheckResult:
+def drift_and_generic_rates_under_threshold(
+    config: RateThresholds, refined_paths: pl.DataFrame
+) -> dg.AssetCheckResult:
     # Both rates are shares of problems (a problem counts as generic if any of its depths was).
     drift = float(refined_paths["drift"].mean() or 0.0)
     generic = float(refined_paths["generic_feedback"].mean() or 0.0)
@@ -247,9 +250,9 @@ def guard_rates(config: RateThresholds, refined_paths: pl.DataFrame) -> dg.Asset
 @dg.asset_check(
     asset=refined_paths,
     partitions_def=SHARD_TEMPERATURE,
-    description="Every refined path ends with a checked answer.",
+    description="Every refined path ends with an explicit answer the checker accepts.",
 )
-def refined_answers_checked(refined_paths: pl.DataFrame) -> dg.AssetCheckResult:
+def every_path_ends_correct(refined_paths: pl.DataFrame) -> dg.AssetCheckResult:
     unchecked = refined_paths.filter(pl.col("final_answer").is_null() | ~pl.col("correct"))
     return dg.AssetCheckResult(
         passed=unchecked.is_empty(),

@@ -1,6 +1,5 @@
 """mcts_trees and sibling_sets: batched MCTS with the policy model, then each selected step's siblings."""
 
-import json
 from collections import Counter
 from dataclasses import asdict
 
@@ -22,14 +21,13 @@ from sigma_assets.defs.shared.partitions import (
 from sigma_assets.defs.shared.resources import ModelResource, StorageResource
 from sigma_assets.method.budgets import search_budget
 from sigma_assets.method.grading import AnswerChecker
-from sigma_assets.method.mcts import (
-    SELECTION_RULE,
-    MCTSSettings,
+from sigma_assets.method.mcts import SELECTION_RULE, MCTSSettings, run_search, selected_path
+from sigma_assets.method.previews import (
+    render_sibling_sets_markdown,
+    render_text_markdown,
     render_tree_markdown,
-    run_search,
-    selected_path,
 )
-from sigma_assets.method.siblings import SIBLING_COLUMNS, exploration_stats
+from sigma_assets.method.siblings import SIBLING_COLUMNS, SiblingSet, exploration_stats
 from sigma_assets.method.siblings import sibling_sets as siblings_of
 from sigma_assets.method.tree_table import TREE_COLUMNS, tree_rows, trees_from_rows
 
@@ -98,7 +96,7 @@ def mcts_trees(
             "settings": dg.MetadataValue.json(
                 {k: v for k, v in asdict(settings).items() if k != "prompt_template"}
             ),
-            "prompt_template": dg.MetadataValue.md(f"```\n{settings.prompt_template}\n```"),
+            "prompt_template": dg.MetadataValue.md(render_text_markdown(settings.prompt_template)),
             "preview": dg.MetadataValue.md(
                 render_tree_markdown(preview_tree) if preview_tree else "no trees"
             ),
@@ -140,24 +138,4 @@ def _sibling_preview(frame: pl.DataFrame) -> str:
     if frame.is_empty():
         return "no selected paths in this shard"
     first = frame.filter(pl.col("problem_id") == frame["problem_id"][0])
-    lines = [
-        f"**{first['problem_id'][0]}**",
-        "",
-        "| depth | selected (Q) | siblings (Q → outcome) |",
-        "|---|---|---|",
-    ]
-    for row in first.iter_rows(named=True):
-        siblings = "<br>".join(
-            f"{_cell(s['step'])} ({s['q']:+.2f} → {json.dumps(s['outcome']['answer'])}, "
-            f"{'✓' if s['outcome']['correct'] else '✗'})"
-            for s in row["siblings"]
-        )
-        lines.append(
-            f"| {row['depth']} | {_cell(row['selected_step'])} ({row['selected_q']:+.2f}) | {siblings} |"
-        )
-    return "\n".join(lines)
-
-
-def _cell(text: str, limit: int = 100) -> str:
-    text = text.replace("|", "\\|").replace("\n", " ")
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return render_sibling_sets_markdown([SiblingSet.from_row(row) for row in first.iter_rows(named=True)])

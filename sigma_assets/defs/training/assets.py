@@ -27,6 +27,7 @@ from sigma_assets.defs.shared.partitions import ONE_RUN_PER_PARTITION
 from sigma_assets.defs.shared.resources import StorageResource
 from sigma_assets.defs.training.resources import TrainingResource
 from sigma_assets.method.grading import AnswerChecker
+from sigma_assets.method.previews import render_chat_samples_markdown
 from sigma_assets.training import sft_data
 from sigma_assets.training.charts import histogram_png, line_png, markdown_image
 from sigma_assets.training.model_files import local_model_dir, model_path, reload_and_generate
@@ -80,17 +81,6 @@ def _token_lengths(frame: pl.DataFrame, model_dir: str) -> list[int]:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     chats = [[{"role": m["role"], "content": m["content"]} for m in ms] for ms in frame["messages"].to_list()]
     return [len(tokenizer.apply_chat_template(chat, tokenize=True)["input_ids"]) for chat in chats]
-
-
-def _preview(frame: pl.DataFrame, count: int) -> str:
-    parts = []
-    for row in frame.head(count).iter_rows(named=True):
-        user, assistant = (m["content"] for m in row["messages"])
-        parts.append(
-            f"**{row['problem_id']}** (T={row['temperature']}, {row['shard']})\n\n"
-            f"*user*\n\n```\n{user}\n```\n\n*assistant*\n\n```\n{assistant}\n```"
-        )
-    return "\n\n---\n\n".join(parts) or "no samples"
 
 
 @variant_asset(
@@ -151,7 +141,9 @@ def sft_dataset(
             "length_histogram": dg.MetadataValue.md(
                 markdown_image(histogram_png(lengths, f"{variant}: tokens per sample", "tokens"), "lengths")
             ),
-            "preview": dg.MetadataValue.md(_preview(frame, config.preview_samples)),
+            "preview": dg.MetadataValue.md(
+                render_chat_samples_markdown(frame.head(config.preview_samples).iter_rows(named=True))
+            ),
         }
     )
     return frame
@@ -162,7 +154,7 @@ def sft_dataset(
     partitions_def=VARIANTS,
     description="Every sample is a user turn then an assistant turn, neither empty.",
 )
-def sft_chat_format(sft_dataset: pl.DataFrame) -> dg.AssetCheckResult:
+def chat_format_valid(sft_dataset: pl.DataFrame) -> dg.AssetCheckResult:
     problems = sft_data.format_problems(sft_dataset)
     return dg.AssetCheckResult(
         passed=not problems and sft_dataset.height > 0,
@@ -175,7 +167,7 @@ def sft_chat_format(sft_dataset: pl.DataFrame) -> dg.AssetCheckResult:
     partitions_def=VARIANTS,
     description="No held-out problem is in the training samples.",
 )
-def no_heldout_in_sft(
+def no_heldout_problem(
     context: dg.AssetCheckExecutionContext, sft_dataset: pl.DataFrame, storage: StorageResource
 ) -> dg.AssetCheckResult:
     heldout = set(read_heldout(storage.root(), context.partition_key)["problem_id"])
@@ -311,7 +303,7 @@ def finetuned_model(
     partitions_def=VARIANTS,
     description="The trained model reloads with AutoModelForCausalLM and generates.",
 )
-def model_reloads_and_generates(
+def reloads_and_generates(
     context: dg.AssetCheckExecutionContext, storage: StorageResource
 ) -> dg.AssetCheckResult:
     with local_model_dir(storage.root(), context.partition_key) as folder:
