@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import argparse
-import random
 import sys
 import time
 from dataclasses import replace
@@ -24,7 +23,7 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import replace_section
+from common import report
 
 from sigma_assets.data.arithmetic import arithmetic_problems
 from sigma_assets.method.answers import final_answer
@@ -34,20 +33,18 @@ from sigma_assets.method.mcts import MCTSSettings, run_search, selected_path
 from sigma_assets.method.siblings import exploration_stats, sibling_sets
 from sigma_assets.testing.seeded_policy import seeded_policy
 
-
-def _step(rng: random.Random, rollout: bool) -> str:
-    """Steps that keep reasoning, answer right (1 in 5) or answer wrong."""
-    kind = rng.random()
-    if rollout:
-        return f"so the answer is {rng.choice(['4', '4', '5', '6'])}." if kind < 0.8 else "hmm"
-    if kind < 0.2:
-        return "The answer is 4."
-    if kind < 0.45:
-        return f"The answer is {rng.choice([3, 5, 6])}."
-    return f"consider {rng.randrange(10_000)}"
-
-
-scripted_policy = seeded_policy(_step)
+# Steps that keep reasoning, answer right (1 in 5) or answer wrong; rollouts that mostly answer 4.
+scripted_policy = seeded_policy(
+    [
+        (0.2, lambda rng: "The answer is 4."),
+        (0.25, lambda rng: f"The answer is {rng.choice([3, 5, 6])}."),
+        (1.0, lambda rng: f"consider {rng.randrange(10_000)}"),
+    ],
+    [
+        (0.8, lambda rng: f"so the answer is {rng.choice(['4', '4', '5', '6'])}."),
+        (0.2, lambda rng: "hmm"),
+    ],
+)
 
 
 def exploration(problems, generate, check, settings: MCTSSettings) -> dict[str, float]:
@@ -158,10 +155,7 @@ def main() -> None:
             lines += exploration_table(title, rows)
     if args.yield_from:
         lines += yield_table(args.yield_from)
-    text = "\n".join(lines)
-    print(text)
-    if args.write:
-        replace_section(args.write, "## Sibling exploration and yield", text)
+    report(lines, args.write, "## Sibling exploration and yield")
 
 
 if __name__ == "__main__":

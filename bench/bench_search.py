@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import recorded_search, replace_section
+from common import recorded_search, report
 from upath import UPath
 
 from sigma_assets.data.arithmetic import arithmetic_problems
@@ -71,10 +71,7 @@ def main() -> None:
             f"| {row['problems']} | {row['rounds']} | {row['calls_per_round']:.2f} | {row['requests']} "
             f"| {row['overhead']:+.1%} |"
         )
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.write:
-        replace_section(args.write, "## Search", text)
+    report(lines, args.write, "## Search")
 
 
 if __name__ == "__main__":

@@ -116,7 +116,7 @@ def main() -> int:
             partition_key="sigma",
             resources={
                 "storage": StorageResource(url=str(root)),
-                "io_manager": AtomicParquetIOManager(base_dir=str(root / "assets")),
+                "io_manager": AtomicParquetIOManager(storage=StorageResource(url=str(root))),
                 "training": TrainingResource(base_model=args.model, profile="cpu"),
                 "pipes_subprocess_client": dg.PipesSubprocessClient(env={"PYTHONPATH": env["PYTHONPATH"]}),
             },

@@ -34,7 +34,7 @@ from upath import UPath
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "infra"))
 
-from common import recorded_search, replace_section
+from common import recorded_search, report
 from local_vllm import local_vllm
 
 from sigma_assets.data.arithmetic import arithmetic_problems
@@ -176,10 +176,7 @@ def main() -> None:
         "below the concurrency it could use; more trees per shard fill the rounds.",
         "",
     ]
-    text = "\n".join(lines)
-    print(text)
-    if args.write:
-        replace_section(args.write, "## Search over a vLLM server", text)
+    report(lines, args.write, "## Search over a vLLM server")
 
 
 if __name__ == "__main__":

@@ -41,3 +41,11 @@ def replace_section(path: Path, heading: str, text: str) -> None:
         end = old.find("\n## ", start + len(heading))
         new = old[:start] + text + (old[end + 1 :] if end >= 0 else "")
     path.write_text(new)
+
+
+def report(lines: list[str], write: Path | None, heading: str) -> None:
+    """Print a benchmark's section and, with `--write`, put it in that markdown file."""
+    text = "\n".join(lines)
+    print(text)
+    if write:
+        replace_section(write, heading, text)

@@ -67,15 +67,7 @@ def test_mixed_batch_returns_n_samples_per_request_in_order(backend: Transformer
     assert [len(samples) for samples in out] == [r.params.n for r in requests]
     for request, samples in zip(requests, out, strict=True):
         # Prompt lengths differ per request, so they pin each answer to its request.
-        if request.messages is not None:
-            text = tokenizer.apply_chat_template(
-                [{"role": m.role, "content": m.content} for m in request.messages],
-                tokenize=False,
-                add_generation_prompt=True,
-            )
-        else:
-            text = request.prompt
-        expected_prompt_tokens = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        expected_prompt_tokens = len(backend.encode_prompt(tokenizer, request))
         # The prompt is counted once per request, on its first sample.
         assert [s.prompt_tokens for s in samples] == [expected_prompt_tokens] + [0] * (len(samples) - 1)
         for sample in samples:

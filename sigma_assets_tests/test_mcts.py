@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Sequence
 
 import polars as pl
@@ -24,7 +23,7 @@ from sigma_assets.method.mcts import (
     uct_score,
 )
 from sigma_assets.method.tree_table import tree_from_rows, tree_rows, trees_from_rows
-from sigma_assets.testing.seeded_policy import seeded_policy
+from sigma_assets.testing.seeded_policy import ROLLOUTS, mixed_steps, seeded_policy
 
 ASSISTANT = "<|im_start|>assistant\n"
 
@@ -76,21 +75,10 @@ class Checker:
         return [pred is not None and gold == pred for gold, pred in pairs]
 
 
-def _mixed_step(rng: random.Random, rollout: bool) -> str:
-    """Every kind of step: right and wrong answers, blank steps, and steps that keep reasoning."""
-    kind = rng.random()
-    if rollout:
-        return f"... \\boxed{{{rng.choice([4, 4, 6])}}}" if kind < 0.8 else "I give up"
-    if kind < 0.15:
-        return "\\boxed{4}"
-    if kind < 0.3:
-        return f"the answer is {rng.choice([3, 5])}"
-    if kind < 0.35:
-        return "   "
-    return f"think {rng.randrange(1000)}"
-
-
-random_policy = seeded_policy(_mixed_step, lambda text: Sample(text, "stop", 10, 5))
+# Every kind of step: right and wrong answers, blank steps, and steps that keep reasoning.
+random_policy = seeded_policy(
+    mixed_steps(blank_share=0.05), ROLLOUTS, lambda text: Sample(text, "stop", 10, 5)
+)
 
 
 class LoggedPolicy:

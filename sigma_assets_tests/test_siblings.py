@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 
 import polars as pl
@@ -19,7 +18,7 @@ from sigma_assets.method.siblings import (
     sibling_sets_from_rows,
 )
 from sigma_assets.method.tree_table import tree_rows
-from sigma_assets.testing.seeded_policy import seeded_policy
+from sigma_assets.testing.seeded_policy import ROLLOUTS, mixed_steps, seeded_policy
 
 # The same scripted policies as test_mcts (kept here so each test module imports on its own).
 
@@ -46,18 +45,7 @@ def scripted_policy(requests: Sequence[GenerationRequest]) -> list[list[Sample]]
     return out
 
 
-def _step(rng: random.Random, rollout: bool) -> str:
-    kind = rng.random()
-    if rollout:
-        return f"... \\boxed{{{rng.choice([4, 4, 6])}}}" if kind < 0.8 else "I give up"
-    if kind < 0.15:
-        return "\\boxed{4}"
-    if kind < 0.3:
-        return f"the answer is {rng.choice([3, 5])}"
-    return f"think {rng.randrange(1000)}"
-
-
-random_policy = seeded_policy(_step)
+random_policy = seeded_policy(mixed_steps(), ROLLOUTS)
 
 
 def checker(pairs: Sequence[tuple[str, str | None]]) -> list[bool]:

@@ -45,9 +45,10 @@ FEW_STEPS = {
 
 
 def resources(root: Path, base_model: str | Path) -> dict:
+    storage = StorageResource(url=str(root))
     return {
-        "storage": StorageResource(url=str(root)),
-        "io_manager": AtomicParquetIOManager(base_dir=str(root / "assets")),
+        "storage": storage,
+        "io_manager": AtomicParquetIOManager(storage=storage),
         "training": TrainingResource(base_model=str(base_model), profile="cpu"),
         # The trainer process imports this checkout, wherever the tests run from.
         "pipes_subprocess_client": dg.PipesSubprocessClient(

@@ -8,6 +8,7 @@ last number. Plain Python with no Dagster imports; equality with the gold answer
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 # ---------------------------------------------------------------------------------------------------------
@@ -47,25 +48,25 @@ def _balanced_group(text: str, start: int) -> tuple[str, int] | None:
     return None
 
 
-def _boxed_contents(text: str) -> list[str]:
-    """Every non-empty `\\boxed{...}` (or `\\boxed 5`) content in order of appearance."""
-    found: list[str] = []
+def _boxed_arguments(text: str) -> Iterator[tuple[str, int, bool]]:
+    """Each `\\boxed{...}` (or `\\boxed 5`): its stripped content, where it ends, and whether it is braced."""
     for m in _BOXED_RE.finditer(text):
         j = m.end()
         while j < len(text) and text[j].isspace():
             j += 1
         if j < len(text) and text[j] == "{":
             group = _balanced_group(text, j)
-            content = group[0] if group else ""
+            if group:
+                yield group[0].strip(), group[1], True
         elif j > m.end():  # `\boxed 5`: the argument is the next whitespace-delimited token
             token = re.match(r"[^\s$]+", text[j:])
-            content = token.group(0).rstrip(".,;") if token else ""
-        else:
-            content = ""
-        content = content.strip()
-        if content:
-            found.append(content)
-    return found
+            if token:
+                yield token.group(0).rstrip(".,;").strip(), j + token.end(), False
+
+
+def _boxed_contents(text: str) -> list[str]:
+    """Every non-empty `\\boxed{...}` (or `\\boxed 5`) content in order of appearance."""
+    return [content for content, _, _ in _boxed_arguments(text) if content]
 
 
 def plain_number(s: str) -> str:
@@ -158,14 +159,9 @@ class FinalAnswer:
 def _last_answer_span(text: str) -> tuple[str, int] | None:
     """The last explicit answer in `text` and the index where its statement ends."""
     best: tuple[str, int] | None = None
-    for m in _BOXED_RE.finditer(text):
-        j = m.end()
-        while j < len(text) and text[j].isspace():
-            j += 1
-        if j < len(text) and text[j] == "{":
-            group = _balanced_group(text, j)
-            if group and group[0].strip():
-                best = (group[0].strip(), group[1])
+    for content, end, braced in _boxed_arguments(text):
+        if braced and content:
+            best = (content, end)
     for m in _ANSWER_PHRASE_RE.finditer(text):
         line_end = text.find("\n", m.end())
         line_end = len(text) if line_end < 0 else line_end

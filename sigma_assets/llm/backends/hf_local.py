@@ -124,7 +124,7 @@ class TransformersBackend:
             return []
         with self._lock:
             tokenizer, model = self._load()
-            prompt_ids = [self._encode(tokenizer, r) for r in requests]
+            prompt_ids = [self.encode_prompt(tokenizer, r) for r in requests]
             results: list[list[Sample] | None] = [None] * len(requests)
             # A prompt the model cannot read at all gets no samples, as a server answers "maximum
             # context length": the caller decides what that means (the search makes it a -1 terminal).
@@ -156,7 +156,7 @@ class TransformersBackend:
             return [r for r in results if r is not None]
 
     @staticmethod
-    def _encode(tokenizer: Any, request: GenerationRequest) -> list[int]:
+    def encode_prompt(tokenizer: Any, request: GenerationRequest) -> list[int]:
         if request.messages is not None:
             text = tokenizer.apply_chat_template(
                 [{"role": m.role, "content": m.content} for m in request.messages],
