@@ -17,7 +17,7 @@ from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, Postgr
 from local_postgres import PostgresServer, local_postgres
 
 from sigma_assets.definitions import build_resources
-from sigma_assets.defs.problems.assets import raw_problems, raw_problems_valid
+from sigma_assets.defs.problems.assets import raw_problems, schema_ids_and_shards_valid
 from sigma_assets.settings import Settings
 
 STACK_YAML = Path(__file__).resolve().parent.parent / "infra" / "deploy" / "dagster.yaml"
@@ -52,7 +52,7 @@ def test_stack_instance_keeps_runs_events_and_partitions_in_postgres(
         assert isinstance(instance.event_log_storage, PostgresEventLogStorage)
         assert isinstance(instance.schedule_storage, PostgresScheduleStorage)
         result = dg.materialize(
-            [raw_problems, raw_problems_valid],
+            [raw_problems, schema_ids_and_shards_valid],
             partition_key=SHARD,
             resources=build_resources(settings),
             instance=instance,
@@ -71,9 +71,9 @@ def test_stack_instance_keeps_runs_events_and_partitions_in_postgres(
         assert record.asset_materialization.metadata["dagster/row_count"].value == rows > 0
         assert reopened.get_materialized_partitions(dg.AssetKey("raw_problems")) == {SHARD}
         check = reopened.event_log_storage.get_latest_asset_check_execution_by_key(
-            [dg.AssetCheckKey(dg.AssetKey("raw_problems"), "raw_problems_valid")]
+            [dg.AssetCheckKey(dg.AssetKey("raw_problems"), "schema_ids_and_shards_valid")]
         )
-        assert check[dg.AssetCheckKey(dg.AssetKey("raw_problems"), "raw_problems_valid")].run_id == run_id
+        assert check[dg.AssetCheckKey(dg.AssetKey("raw_problems"), "schema_ids_and_shards_valid")].run_id == run_id
 
     # The same rows, read with SQL on the server: the data is in PostgreSQL.
     assert postgres.psql(f"SELECT status FROM runs WHERE run_id = '{run_id}'") == "SUCCESS"
