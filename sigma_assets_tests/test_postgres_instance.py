@@ -20,6 +20,7 @@ from sigma_assets.definitions import build_resources
 from sigma_assets.defs.problems.assets import raw_problems, schema_ids_and_shards_valid
 from sigma_assets.settings import Settings
 
+CHECK_KEY = dg.AssetCheckKey(dg.AssetKey("raw_problems"), "schema_ids_and_shards_valid")
 STACK_YAML = Path(__file__).resolve().parent.parent / "infra" / "deploy" / "dagster.yaml"
 SHARD = "shard-000"
 
@@ -70,10 +71,8 @@ def test_stack_instance_keeps_runs_events_and_partitions_in_postgres(
         assert (record.run_id, record.partition_key) == (run_id, SHARD)
         assert record.asset_materialization.metadata["dagster/row_count"].value == rows > 0
         assert reopened.get_materialized_partitions(dg.AssetKey("raw_problems")) == {SHARD}
-        check = reopened.event_log_storage.get_latest_asset_check_execution_by_key(
-            [dg.AssetCheckKey(dg.AssetKey("raw_problems"), "schema_ids_and_shards_valid")]
-        )
-        assert check[dg.AssetCheckKey(dg.AssetKey("raw_problems"), "schema_ids_and_shards_valid")].run_id == run_id
+        check = reopened.event_log_storage.get_latest_asset_check_execution_by_key([CHECK_KEY])
+        assert check[CHECK_KEY].run_id == run_id
 
     # The same rows, read with SQL on the server: the data is in PostgreSQL.
     assert postgres.psql(f"SELECT status FROM runs WHERE run_id = '{run_id}'") == "SUCCESS"
