@@ -10,6 +10,7 @@ its headline figures; at the end, the accuracy table.
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import threading
@@ -172,7 +173,12 @@ def run_job(
     return failed
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run the main jobs over every partition, watched.")
+    parser.add_argument(
+        "--jobs", nargs="+", choices=JOBS, default=list(JOBS), help="these jobs only, in the main order"
+    )
+    jobs = [job for job in JOBS if job in parser.parse_args(argv).jobs]
     # One line per step is the progress shown here; the libraries' own bars (here and in the trainer's
     # process) would bury it.
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
@@ -188,15 +194,15 @@ def main() -> int:
         if errors:
             print(f"the code location does not load:\n{errors.to_string()}", file=sys.stderr)
             return 1
-        for job_name in JOBS:
+        for job_name in jobs:
             failed += run_job(job_name, instance, process, clock)
             if failed:  # training on a partial data set would mislead; fix and rerun
                 break
     if failed:
         print(f"failed: {', '.join(failed)}; see the runs in the UI", file=sys.stderr)
         return 1
-    scores = defs.load_asset_value("eval_scores", instance=instance)
-    print(format_table(scores), flush=True)
+    if evaluation_job.name in jobs:
+        print(format_table(defs.load_asset_value("eval_scores", instance=instance)), flush=True)
     print(f"{clock} done", flush=True)
     return 0
 
