@@ -308,6 +308,31 @@ def test_a_depth_limited_step_is_never_correct_whatever_number_it_ends_with() ->
     assert selected_path(result.trees[0])[-1] is explicit
 
 
+def test_a_step_with_false_arithmetic_is_a_wrong_terminal_whatever_its_answer() -> None:
+    def policy(requests: Sequence[GenerationRequest]) -> list[list[Sample]]:
+        texts = [
+            "2 + 2 = 4, so the answer is 4.",
+            "2 + 3 = 4, so the answer is 4.",
+            "Ben has 2 + 3 = 4 apples.",
+        ]
+        return [[Sample(t) for t in texts] for _ in requests]
+
+    checker = Checker()
+    settings = MCTSSettings(simulations=3, n_children=3, max_depth=2, rollout="none")
+    tree = run_search(problems(1)[:1], policy, checker, settings).trees[0]
+    children = {c.step: c for c in tree.root.children}
+    for false in ("2 + 3 = 4, so the answer is 4.", "Ben has 2 + 3 = 4 apples."):
+        node = children[false]
+        assert (node.terminal, node.terminal_reason, node.answer, node.correct) == (
+            True,
+            "false_arithmetic",
+            None,
+            False,
+        )
+    assert checker.calls == [[("4", "4")]]  # the false one was never graded, though its answer is 4
+    assert [n.step for n in selected_path(tree)[1:]] == ["2 + 2 = 4, so the answer is 4."]
+
+
 def test_a_step_cut_at_the_token_limit_is_never_correct() -> None:
     def policy(requests: Sequence[GenerationRequest]) -> list[list[Sample]]:
         return [

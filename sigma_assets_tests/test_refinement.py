@@ -302,10 +302,10 @@ def test_problem_paths_groups_sibling_sets_by_problem() -> None:
 @pytest.mark.parametrize(
     ("last_step", "reason"),
     [
-        ("Then 5 * 4 = 20.", "no_answer"),  # the right number, but no explicit answer
+        ("Then 8 * 4 = 20.", "no_answer"),  # the right number, but no explicit answer
         ("So \\boxed{20}. Then we add 3 more apples.", "runs_on"),
         ("So \\boxed{21}.", "wrong_answer"),
-        ("Then 5 * 4 = 20.\nThen 5 * 4 = 20.\nThen 5 * 4 = 20.\nSo \\boxed{20}.", "repetition"),
+        ("Then 8 * 4 = 20.\nThen 8 * 4 = 20.\nThen 8 * 4 = 20.\nSo \\boxed{20}.", "repetition"),
     ],
 )
 def test_a_revision_without_an_explicit_correct_closing_answer_is_drift(last_step: str, reason: str) -> None:
@@ -388,3 +388,12 @@ def test_a_revision_that_echoes_its_prompt_is_rejected_and_the_original_kept(
     (refined,) = refine([problem], script, exact_checker, STEP)
     assert refined.drift and refined.rejected_revision == reason
     assert refined.refined_steps == problem.steps and refined.correct
+
+
+def test_a_revision_with_false_arithmetic_is_rejected() -> None:
+    from sigma_assets.method.revision_rules import revision_answer
+
+    assert (
+        revision_answer(["There are 6 coins.", "5 - 6 = 1, so the answer is 1."]).reason == "false_arithmetic"
+    )
+    assert revision_answer(["There are 6 coins.", "6 - 5 = 1, so the answer is 1."]).answer == "1"

@@ -38,13 +38,14 @@ def test_samples_are_user_problem_then_assistant_solution(checker):
 def test_only_explicit_checked_answers_become_samples(checker):
     records = [
         record("right", ["3 + 4 = 7", "The answer is $\\boxed{7}$."]),
-        record("wrong", ["3 + 4 = 8", "The answer is 8."]),
+        record("wrong", ["3 + 4 = 7", "The answer is 8."]),
+        record("false-arithmetic", ["3 + 4 = 8", "The answer is 7."]),
         record("no-answer", ["3 + 4 = 7"]),  # a last number is never taken as the answer
         record("runs-on", ["The answer is 7.", "Then we add 1 more and get 8 apples total"]),
     ]
     build = build_sft(records, "mcts", checker.check_many, set())
     assert build.frame["problem_id"].to_list() == ["right"]
-    assert build.rejected == {"wrong_answer": 1, "no_answer": 1, "runs_on": 1}
+    assert build.rejected == {"wrong_answer": 1, "false_arithmetic": 1, "no_answer": 1, "runs_on": 1}
 
 
 def test_exact_duplicates_across_temperatures_are_removed(checker):

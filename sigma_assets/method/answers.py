@@ -7,6 +7,8 @@ last number. Plain Python with no Dagster imports; equality with the gold answer
 
 from __future__ import annotations
 
+import ast
+import operator
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -145,7 +147,9 @@ class FinalAnswer:
     - "answer": the text ends with an explicit answer (`answer` is set);
     - "no_answer": no `\\boxed{}` and no "The answer is ...";
     - "runs_on": an explicit answer, then more text with content after it;
-    - "repetition": one line stated `REPEAT_LIMIT` times or more.
+    - "repetition": one line stated `REPEAT_LIMIT` times or more;
+    - "false_arithmetic": the text states an equation between plain numbers that does not hold
+      ("5 - 6 = 1"), whatever its answer: a right answer reached by false arithmetic is not correct.
     """
 
     answer: str | None
@@ -178,6 +182,40 @@ def _last_answer_span(text: str) -> tuple[str, int] | None:
     return best
 
 
+# An equation between plain numbers: "5 - 6 = 1", "3 * 4 = 12", "$12 / 4 = 3$". Numbers inside words,
+# powers or comma-grouped numbers are not read, so only a claim that is certainly false is flagged.
+_NUMBER = r"\d+(?:\.\d+)?"
+_EQUATION_RE = re.compile(
+    rf"(?<![\w.^/,])({_NUMBER}(?:\s*[-+*/×÷]\s*{_NUMBER})+)\s*=\s*(-?{_NUMBER})(?![\d,.]*\d)"
+)
+_OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
+
+
+def _arithmetic(node: ast.AST) -> float:
+    if isinstance(node, ast.Constant) and isinstance(node.value, int | float):
+        return float(node.value)
+    if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
+        return _OPERATORS[type(node.op)](_arithmetic(node.left), _arithmetic(node.right))
+    raise ValueError("not plain arithmetic")
+
+
+def false_equation(text: str) -> str | None:
+    """The first equation between plain numbers in `text` whose two sides differ, or None.
+
+    The right side may be rounded to the decimals it shows ("10 / 3 = 3.33" holds).
+    """
+    for m in _EQUATION_RE.finditer(text):
+        left, right = m.group(1), m.group(2)
+        try:
+            value = _arithmetic(ast.parse(left.replace("×", "*").replace("÷", "/"), mode="eval").body)
+        except (ValueError, SyntaxError, ZeroDivisionError):
+            continue
+        decimals = len(right.partition(".")[2])
+        if abs(value - float(right)) > 0.5 * 10**-decimals + 1e-9:
+            return m.group(0)
+    return None
+
+
 def repeated_line(text: str, limit: int = REPEAT_LIMIT) -> str | None:
     """A non-empty line that occurs `limit` times or more in `text` (whitespace-normalised), else None."""
     counts: dict[str, int] = {}
@@ -198,6 +236,8 @@ def final_answer(text: str) -> FinalAnswer:
     """
     if repeated_line(text) is not None:
         return FinalAnswer(None, "repetition")
+    if false_equation(text) is not None:
+        return FinalAnswer(None, "false_arithmetic")
     span = _last_answer_span(text)
     if span is None:
         return FinalAnswer(None, "no_answer")

@@ -10,6 +10,8 @@ Terminal steps (DESIGN §1). Only an explicit final answer can be correct. A new
   - it states a final answer (`answers.final_answer`: a `\\boxed{}` or "The answer is ...") that closes
     the text: valued +1 if it equals the ground truth, else -1;
   - it states one and runs on after it, or the path repeats a line (`runs_on`, `repetition`): -1;
+  - it states an equation between plain numbers that does not hold, e.g. "5 - 6 = 1"
+    (`false_arithmetic`): -1, whatever answer it reaches;
   - it ends without one: the model ended the text (`end_of_text`), the step was cut at the token limit
     (`token_limit`) or it sits at `max_depth` (`depth_limit`): -1, with no answer. Nothing is graded
     by guessing the last number of an unfinished text.
@@ -90,8 +92,8 @@ class Node:
     visits: int = 0
     value_sum: float = 0.0
     terminal: bool = False
-    # Why a terminal is one: answer | runs_on | repetition | end_of_text | token_limit | depth_limit |
-    # context_overflow (see the module docstring); None for a non-terminal node.
+    # Why a terminal is one: answer | runs_on | repetition | false_arithmetic | end_of_text | token_limit |
+    # depth_limit | context_overflow (see the module docstring); None for a non-terminal node.
     terminal_reason: str | None = None
     answer: str | None = None
     correct: bool | None = None
@@ -158,7 +160,8 @@ class SearchResult:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     round_stats: list[RoundStats] = field(default_factory=list)
-    # How each rollout ended: answer | no_answer | runs_on | repetition | token_limit | context_overflow.
+    # How each rollout ended: answer | no_answer | runs_on | repetition | false_arithmetic | token_limit |
+    # context_overflow.
     rollout_outcomes: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -250,7 +253,7 @@ def _classify_step(child: Node, sample: Sample, history: Sequence[str], max_dept
         reason = "token_limit"  # cut mid-step: whatever it says is unfinished
     elif repeated_line("\n".join([*history, child.step])) is not None:
         reason = "repetition"
-    elif verdict.reason in ("answer", "runs_on"):
+    elif verdict.reason in ("answer", "runs_on", "false_arithmetic"):
         reason = verdict.reason
     elif not child.step or sample.finish_reason == "end":
         reason = "end_of_text"

@@ -151,7 +151,7 @@ class RefinedPath:
     correct: bool
     drift: bool
     # Why the last revision was rejected: wrong_answer | no_answer | runs_on | repetition |
-    # several_paragraphs | echo (see `malformed_step`); None if kept.
+    # false_arithmetic | several_paragraphs | echo (see `malformed_step`); None if kept.
     rejected_revision: str | None
     regurgitation: bool
     generic_feedback: bool  # any depth's feedback was generic
@@ -197,7 +197,7 @@ REFINED_COLUMNS: Table = {
     "drift": Column(pl.Boolean, "Every revision attempt was rejected, so the original path was kept."),
     "rejected_revision": Column(
         pl.String,
-        "Why the last revision was rejected: wrong_answer, no_answer, runs_on, repetition, echo, ...",
+        "Why the last revision was rejected: wrong_answer, no_answer, false_arithmetic, echo, ...",
     ),
     "regurgitation": Column(pl.Boolean, "The accepted revision equals the original, whitespace aside."),
     "generic_feedback": Column(pl.Boolean, "Any depth's feedback was generic."),
