@@ -4,21 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-# PostgreSQL's server, for the test of the deployment's instance storage (infra/local_postgres.py).
-if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
-fi
 export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
-fi
-# The browser test drives Debian's chromium through Playwright's Python package (no `playwright install`).
-if ! command -v chromium >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
-  else
-    echo "chromium is missing: install it (apt-get install chromium) to run the browser test" >&2
-  fi
 fi
 pip() { .venv/bin/python -m pip "$@"; }
 # torch first, pinned to the CPU build: a bare `torch` requirement would pull a multi-GB CUDA build.

@@ -5,6 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash infra/install.sh
+# PostgreSQL and chromium, for the deployment's storage test and the browser test.
+bash infra/install_test_packages.sh
 # vLLM's CPU build, in its own environment, for the tests marked `vllm` (a few seconds once installed).
 bash infra/install_vllm.sh
 .venv/bin/python -m pytest -q -ra -m "not vllm" "$@"

@@ -162,7 +162,7 @@ def test_ui_lineage_launch_and_preview(tmp_path: Path) -> None:
 
     chromium = shutil.which("chromium")
     if chromium is None:
-        message = "chromium is missing: infra/install.sh installs it (as root, with apt-get)"
+        message = "chromium is missing: infra/install_test_packages.sh installs it (as root, with apt-get)"
         if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
             pytest.fail(message)
         pytest.skip(message)
