@@ -1,4 +1,5 @@
-"""A real PostgreSQL server on loopback, from the Debian `postgresql` package (`infra/install_test_packages.sh`).
+"""A real PostgreSQL server on loopback, from the Debian `postgresql` package
+(`infra/install_test_packages.sh`).
 
 Used by the tests (the Dagster instance of the deployment stack, on real PostgreSQL storage) and by hand:
 
@@ -75,7 +76,9 @@ def _binary(name: str) -> str:
         return found[-1]
     on_path = shutil.which(name)
     if on_path is None:
-        raise RuntimeError(f"PostgreSQL's `{name}` is missing: apt-get install postgresql (infra/install_test_packages.sh)")
+        raise RuntimeError(
+            f"PostgreSQL's `{name}` is missing: apt-get install postgresql (infra/install_test_packages.sh)"
+        )
     return on_path
 
 
