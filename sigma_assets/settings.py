@@ -1,7 +1,8 @@
 """Every environment setting of the project, read once and validated in one place (DESIGN §3).
 
 pydantic-settings reads the variables; what it cannot say by type alone (temperatures as partition keys,
-storage URLs, node labels, the defaults that depend on another variable) is a validator here.
+storage URLs, node labels) is a validator, and the critic's defaults, which depend on another variable,
+are properties.
 Assets never read `os.environ`; they get these values through resources built in `definitions.py`.
 Secrets are not stored here: `OPENAI_API_KEY` is only checked for presence (it picks the critic's
 default backend), and resources take every secret through `dagster.EnvVar`.
@@ -53,9 +54,9 @@ class Settings(BaseSettings):
     policy_model: Annotated[str, _env("SIGMA_POLICY_MODEL")] = BUNDLED_SMOLLM2
     policy_base_url: Annotated[str | None, _env("SIGMA_POLICY_BASE_URL")] = None
     policy_server: Annotated[PolicyServer, _env("SIGMA_POLICY_SERVER")] = "openai"
-    # Unset: `openai` when OPENAI_API_KEY is set, else the bundled model in process.
-    critic_backend: Annotated[CriticBackend | None, _env("SIGMA_CRITIC_BACKEND")] = None
-    critic_model: Annotated[str | None, _env("SIGMA_CRITIC_MODEL")] = None
+    # As set; unset, `critic_backend` and `critic_model` derive them from whether OPENAI_API_KEY is set.
+    critic_backend_set: Annotated[CriticBackend | None, _env("SIGMA_CRITIC_BACKEND")] = None
+    critic_model_set: Annotated[str | None, _env("SIGMA_CRITIC_MODEL")] = None
     critic_base_url: Annotated[str | None, _env("SIGMA_CRITIC_BASE_URL")] = None
     critic_concurrency: Annotated[PositiveInt, _env("SIGMA_CRITIC_CONCURRENCY")] = 16
     # Sampling temperatures as partition keys, exactly as written ("0.4", "0.7").
@@ -78,6 +79,16 @@ class Settings(BaseSettings):
     openai_key_set: Annotated[bool, Field(validation_alias="OPENAI_API_KEY", exclude=True, repr=False)] = (
         False
     )
+
+    @property
+    def critic_backend(self) -> CriticBackend:
+        """SIGMA_CRITIC_BACKEND, else `openai` when OPENAI_API_KEY is set, else the model in process."""
+        return self.critic_backend_set or ("openai" if self.openai_key_set else "transformers")
+
+    @property
+    def critic_model(self) -> str:
+        default = "gpt-4o-mini" if self.critic_backend == "openai" else BUNDLED_SMOLLM2
+        return self.critic_model_set or default
 
     @property
     def is_s3(self) -> bool:
@@ -137,17 +148,12 @@ class Settings(BaseSettings):
         return tuple(pairs)
 
     @model_validator(mode="after")
-    def _defaults_that_depend_on_others(self) -> Settings:
+    def _policy_server_named(self) -> Settings:
         if self.policy_backend == "openai" and not self.policy_base_url:
             raise ValueError(
                 "SIGMA_POLICY_BACKEND=openai needs SIGMA_POLICY_BASE_URL (an OpenAI-compatible server, "
                 "e.g. http://127.0.0.1:8000/v1 from `vllm serve`)"
             )
-        # Frozen: the derived defaults are set once, here.
-        critic = self.critic_backend or ("openai" if self.openai_key_set else "transformers")
-        object.__setattr__(self, "critic_backend", critic)
-        if self.critic_model is None:
-            object.__setattr__(self, "critic_model", "gpt-4o-mini" if critic == "openai" else BUNDLED_SMOLLM2)
         return self
 
 
