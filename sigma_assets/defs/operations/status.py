@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import dagster as dg
@@ -67,13 +66,11 @@ def generation_state(instance: dg.DagsterInstance) -> GenerationState:
     """Each (shard, temperature) is healthy when all four stages are materialised and the latest run
     of none of them failed; the rest are repairs, or wait for their problems or for a running run."""
     shards = statuses(instance, raw_problems)
-    by_asset: Mapping[str, dict[str, dg.AssetPartitionStatus | None]] = {
-        asset.key.to_user_string(): statuses(instance, asset) for asset in GENERATION_CHAIN
-    }
+    by_asset = [statuses(instance, asset) for asset in GENERATION_CHAIN]
     repairs: list[Repair] = []
     waiting: list[str] = []
     for key in mcts_trees.partitions_def.get_partition_keys():
-        found = [by_asset[asset.key.to_user_string()][str(key)] for asset in GENERATION_CHAIN]
+        found = [status_of[str(key)] for status_of in by_asset]
         unhealthy = [index for index, status in enumerate(found) if status != MATERIALIZED]
         if not unhealthy:
             continue
