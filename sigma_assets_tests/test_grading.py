@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from sigma_assets.method.answers import extract_answer, false_equation, final_answer, has_final_answer
+from sigma_assets.method.answers import extract_answer
 from sigma_assets.method.grading import AnswerChecker, answers_match, normalize_answer
 
 # `(10^{100000})!` parses instantly but sympy's comparison runs for far longer than any test timeout.
@@ -42,13 +42,6 @@ HANGING_GOLD = "(10^{100000})!"
 )
 def test_extract_answer(text: str, expected: str | None) -> None:
     assert extract_answer(text) == expected
-
-
-def test_has_final_answer() -> None:
-    assert has_final_answer("so $\\boxed{12}$")
-    assert has_final_answer("Therefore, the final answer is 12.")
-    assert not has_final_answer("Step 1: add 3 and 4 to get 7.")
-    assert not has_final_answer("An empty box \\boxed{} commits to nothing")
 
 
 def test_normalize_answer() -> None:
@@ -149,29 +142,3 @@ def test_tiny_timeout_fails_checks_then_normal_checker_works() -> None:
     with AnswerChecker(timeout_s=5.0) as normal:
         assert normal.check_many(pairs) == [True, True]
         assert normal.timeouts == 0
-
-
-@pytest.mark.parametrize(
-    ("text", "false"),
-    [
-        ("5 - 6 = 1, so the answer is 1.", "5 - 6 = 1"),
-        ("2 + 3 = 6", "2 + 3 = 6"),
-        ("3 × 4 = 13 apples.", "3 × 4 = 13"),
-        ("10 / 3 = 3.5", "10 / 3 = 3.5"),
-        ("2 + 6 = 8, so the answer is 8.", None),
-        ("4 - 6 = -2", None),
-        ("10 / 3 = 3.33", None),  # rounded to the decimals it shows
-        ("$12 / 4 = 3$", None),
-        ("1,000 + 2 = 1002", None),  # comma-grouped numbers are not read
-        ("2^3 = 8", None),  # nor powers
-        ("x + 2 = 5", None),  # nor unknowns
-        ("1/0 = 3", None),
-    ],
-)
-def test_false_equations_between_plain_numbers_are_found(text: str, false: str | None) -> None:
-    assert false_equation(text) == false
-
-
-def test_a_right_answer_reached_by_false_arithmetic_is_not_an_answer() -> None:
-    assert final_answer("There are 6 coins.\n\n5 - 6 = 1, so the answer is 1.").reason == "false_arithmetic"
-    assert final_answer("There are 6 coins.\n\n6 - 5 = 1, so the answer is 1.").answer == "1"

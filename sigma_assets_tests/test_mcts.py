@@ -354,16 +354,16 @@ def test_an_answer_that_does_not_close_the_step_or_a_repeating_path_is_rejected(
             if depth < 2:
                 texts = ["Ben has 3", "Ben has 3 more", "x"]
             else:
-                texts = ["The answer is 4. Ben has 3 apples.", "Ben has 3", "The answer is 4."]
+                texts = ["The answer is 4. Question: how many pears?", "Ben has 3", "The answer is 4."]
             out.append([Sample(t) for t in texts])
         return out
 
     settings = MCTSSettings(simulations=30, max_depth=3, rollout="none")
     tree = run_search(problems(1), policy, Checker(), settings).trees[0]
     reasons = {n.terminal_reason for n in tree.nodes() if n.terminal}
-    assert {"runs_on", "repetition", "answer"} <= reasons
+    assert {"new_question", "repetition", "answer"} <= reasons
     for node in tree.nodes():
-        if node.terminal_reason in ("runs_on", "repetition"):
+        if node.terminal_reason in ("new_question", "repetition"):
             assert node.answer is None and node.correct is False
     # "Ben has 3" three times along one path is a repetition, never a correct path.
     repeated = [n for n in tree.nodes() if n.terminal_reason == "repetition"]
@@ -384,7 +384,7 @@ def test_rollouts_count_only_an_explicit_answer_that_closes_the_text() -> None:
     rollouts = {
         "0.0": Sample("2 + 2 = 4"),  # no explicit answer
         "0.1": Sample("The answer is \\boxed{4}", "length"),  # cut off
-        "0.2": Sample("The answer is 4. Then more text."),  # runs on
+        "0.2": Sample("The answer is 4.\n\nQuestion: what is 5 + 5?"),  # runs on into a new question
         "0.3": Sample("So \\boxed{4}."),
     }
 
@@ -402,7 +402,7 @@ def test_rollouts_count_only_an_explicit_answer_that_closes_the_text() -> None:
     children = result.trees[0].root.children
     assert [c.rollout_correct for c in children] == [False, False, False, True]
     assert [c.rollout_answer for c in children] == [None, None, None, "4"]
-    assert result.rollout_outcomes == {"no_answer": 1, "token_limit": 1, "runs_on": 1, "answer": 1}
+    assert result.rollout_outcomes == {"no_answer": 1, "token_limit": 1, "new_question": 1, "answer": 1}
 
 
 def test_a_prompt_beyond_the_context_is_a_wrong_terminal_not_a_failure() -> None:

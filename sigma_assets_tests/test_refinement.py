@@ -303,7 +303,7 @@ def test_problem_paths_groups_sibling_sets_by_problem() -> None:
     ("last_step", "reason"),
     [
         ("Then 8 * 4 = 20.", "no_answer"),  # the right number, but no explicit answer
-        ("So \\boxed{20}. Then we add 3 more apples.", "runs_on"),
+        ("So \\boxed{20}. Now solve the next problem: what is 3 + 4?", "new_question"),
         ("So \\boxed{21}.", "wrong_answer"),
         ("Then 8 * 4 = 20.\nThen 8 * 4 = 20.\nThen 8 * 4 = 20.\nSo \\boxed{20}.", "repetition"),
     ],

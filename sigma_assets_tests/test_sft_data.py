@@ -41,11 +41,18 @@ def test_only_explicit_checked_answers_become_samples(checker):
         record("wrong", ["3 + 4 = 7", "The answer is 8."]),
         record("false-arithmetic", ["3 + 4 = 8", "The answer is 7."]),
         record("no-answer", ["3 + 4 = 7"]),  # a last number is never taken as the answer
-        record("runs-on", ["The answer is 7.", "Then we add 1 more and get 8 apples total"]),
+        record("new-question", ["The answer is 7.", "Question: what is 5 + 3?"]),
+        record("other-answer", ["The answer is 7.", "Or the answer is 8."]),
     ]
     build = build_sft(records, "mcts", checker.check_many, set())
     assert build.frame["problem_id"].to_list() == ["right"]
-    assert build.rejected == {"wrong_answer": 1, "false_arithmetic": 1, "no_answer": 1, "runs_on": 1}
+    assert build.rejected == {
+        "wrong_answer": 1,
+        "false_arithmetic": 1,
+        "no_answer": 1,
+        "new_question": 1,
+        "other_answer": 1,
+    }
 
 
 def test_exact_duplicates_across_temperatures_are_removed(checker):

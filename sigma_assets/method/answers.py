@@ -7,11 +7,12 @@ last number. Plain Python with no Dagster imports; equality with the gold answer
 
 from __future__ import annotations
 
-import ast
-import operator
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+
+from sigma_assets.method.arithmetic import false_equation
+from sigma_assets.method.degeneration import garbage, loop, new_question
 
 # ---------------------------------------------------------------------------------------------------------
 # Answer extraction
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 
 _BOXED_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 # "answer is", optionally "final answer is" / "answer is:"; the last occurrence wins.
-_ANSWER_PHRASE_RE = re.compile(r"\banswer\s+is\b\s*:?[ \t]*", re.IGNORECASE)
+_ANSWER_PHRASE_RE = re.compile(r"\banswer(?:\s+is\b\s*:?|\s*:)[ \t]*", re.IGNORECASE)
 # A number: optional minus (not a binary minus as in `5-3`), thousands commas or plain digits, decimals,
 # and a simple fraction `3/4`. The lookbehinds keep us from starting inside a word or another number.
 _NUMBER_PATTERN = (
@@ -92,16 +93,6 @@ def _clean_phrase_answer(tail: str) -> str:
     return plain_number(answer)
 
 
-def _phrase_answers(text: str) -> list[str]:
-    answers = []
-    for m in _ANSWER_PHRASE_RE.finditer(text):
-        line = text[m.end() :].split("\n", 1)[0]
-        answer = _clean_phrase_answer(line)
-        if answer:
-            answers.append(answer)
-    return answers
-
-
 def extract_answer(text: str) -> str | None:
     """The final answer of a solution: the last `\\boxed{}`, else "the answer is X", else the last number."""
     if not text:
@@ -109,7 +100,7 @@ def extract_answer(text: str) -> str | None:
     boxed = _boxed_contents(text)
     if boxed:
         return boxed[-1]
-    phrases = _phrase_answers(text)
+    phrases = [answer for answer, _ in _phrase_statements(text) if answer]
     if phrases:
         return phrases[-1]
     numbers = _NUMBER_RE.findall(text)
@@ -124,19 +115,9 @@ def extract_boxed(text: str) -> str | None:
     return boxed[-1] if boxed else None
 
 
-def has_final_answer(text: str) -> bool:
-    """Whether a reasoning step commits to an answer (`\\boxed{}` or "answer is"), i.e. is terminal."""
-    return bool(text) and (bool(_boxed_contents(text)) or bool(_phrase_answers(text)))
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Explicit final answers (the strict rule for model output in search, revision and training data)
 # ---------------------------------------------------------------------------------------------------------
-
-# What may follow the answer and still "close" the text: punctuation and markup, nothing with content.
-_CLOSING_RE = re.compile(r"(?:\s|[.!$*_)\]]|\\\]|\\\))*")
-# How often one line may appear in a text before the text counts as repeating itself.
-REPEAT_LIMIT = 3
 
 
 @dataclass(frozen=True)
@@ -144,12 +125,16 @@ class FinalAnswer:
     """The verdict on a model's text: its explicit final answer, or why it has none.
 
     `reason` is one of:
-    - "answer": the text ends with an explicit answer (`answer` is set);
-    - "no_answer": no `\\boxed{}` and no "The answer is ...";
-    - "runs_on": an explicit answer, then more text with content after it;
-    - "repetition": one line stated `REPEAT_LIMIT` times or more;
-    - "false_arithmetic": the text states an equation between plain numbers that does not hold
-      ("5 - 6 = 1"), whatever its answer: a right answer reached by false arithmetic is not correct.
+    - "answer": the text states an explicit final answer (`answer` is set) and nothing after it goes wrong;
+    - "no_answer": no `\\boxed{}` and no "The answer is ..." (a last number is never taken instead);
+    - "repetition": the model loops (`degeneration.loop`); markup and restated formulas do not count;
+    - "false_arithmetic": the text states an equation between plain numbers that does not hold ("5 - 6 =
+      1", `arithmetic.false_equation`), whatever its answer: a right answer reached so is not correct;
+    - "new_question": after the answer the text starts a new question, problem or turn;
+    - "other_answer": the text states a different answer too, before the final one (a model that hedges or
+      switches) or after it ("... in other cases it might be written as 0220");
+    - "garbage": after the answer the text is not text (control characters, a soup of new scripts);
+    - "unfinished": after the answer the text opens math it never closes: it was cut off.
     """
 
     answer: str | None
@@ -160,88 +145,115 @@ class FinalAnswer:
         return self.answer is not None
 
 
-def _last_answer_span(text: str) -> tuple[str, int] | None:
-    """The last explicit answer in `text` and the index where its statement ends."""
-    best: tuple[str, int] | None = None
-    for content, end, braced in _boxed_arguments(text):
-        if braced and content:
-            best = (content, end)
+@dataclass(frozen=True)
+class _Statement:
+    answer: str
+    end: int  # where the statement ends: after the box, or at the end of the phrase's sentence
+
+
+# A phrase answer is prose when it runs longer than this ("the answer is considered as 220, in other
+# cases it might be written as 0220, where ...") or opens with a judgement ("the answer is correct").
+_MAX_PHRASE_ANSWER_WORDS = 8
+_JUDGEMENT_RE = re.compile(
+    r"(?:correct|right|wrong|reasonable|consistent|valid|not|the same|as follows|given|below|above|unique"
+    r"|different|indeed|to be|that|this)\b",
+    re.IGNORECASE,
+)
+
+
+def _answer_like(phrase: str) -> bool:
+    if not phrase:
+        return False
+    words = re.findall(r"[A-Za-z]+", _MATH_SPAN_RE.sub(" ", phrase))
+    return len(words) <= _MAX_PHRASE_ANSWER_WORDS and not _JUDGEMENT_RE.match(phrase)
+
+
+def _phrase_statements(text: str) -> Iterator[tuple[str, int]]:
+    """Each "answer is ..." in `text`: its cleaned answer and where its sentence ends."""
     for m in _ANSWER_PHRASE_RE.finditer(text):
         line_end = text.find("\n", m.end())
         line_end = len(text) if line_end < 0 else line_end
         answer = _clean_phrase_answer(text[m.end() : line_end])
         boxed = _boxed_contents(answer)
         answer = boxed[-1] if boxed else answer  # "the answer is $\\boxed{4}$"
-        if not answer:
-            continue
         # The statement runs to the end of its sentence: "The answer is 8 apples." closes the text.
         sentence = re.search(r"\.(?:\s|$)", text[m.end() : line_end])
-        end = m.end() + sentence.end() if sentence else line_end
-        if best is None or end > best[1]:
-            best = (answer, end)
-    return best
+        yield answer, m.end() + sentence.end() if sentence else line_end
 
 
-# An equation between plain numbers: "5 - 6 = 1", "3 * 4 = 12", "$12 / 4 = 3$". Numbers inside words,
-# powers or comma-grouped numbers are not read, so only a claim that is certainly false is flagged.
-_NUMBER = r"\d+(?:\.\d+)?"
-_EQUATION_RE = re.compile(
-    rf"(?<![\w.^/,])({_NUMBER}(?:\s*[-+*/×÷]\s*{_NUMBER})+)\s*=\s*(-?{_NUMBER})(?![\d,.]*\d)"
-)
-_OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
+def _statements(text: str) -> list[_Statement]:
+    """Every explicit answer in `text`, in order of where it ends: a braced `\\boxed{}`, or an "answer is"
+    phrase that names one."""
+    boxed = [
+        _Statement(content, end) for content, end, braced in _boxed_arguments(text) if braced and content
+    ]
+    phrases = [_Statement(answer, end) for answer, end in _phrase_statements(text) if _answer_like(answer)]
+    return sorted(boxed + phrases, key=lambda s: s.end)
 
 
-def _arithmetic(node: ast.AST) -> float:
-    if isinstance(node, ast.Constant) and isinstance(node.value, int | float):
-        return float(node.value)
-    if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
-        return _OPERATORS[type(node.op)](_arithmetic(node.left), _arithmetic(node.right))
-    raise ValueError("not plain arithmetic")
+_NUMBER_TOKEN_RE = re.compile(r"\d+(?:\.\d+)?")
 
 
-def false_equation(text: str) -> str | None:
-    """The first equation between plain numbers in `text` whose two sides differ, or None.
+def _numbers(text: str) -> set[str]:
+    return {re.sub(r"\.0+$", "", n) for n in _NUMBER_TOKEN_RE.findall(plain_number(text.replace(",", "")))}
 
-    The right side may be rounded to the decimals it shows ("10 / 3 = 3.33" holds).
-    """
-    for m in _EQUATION_RE.finditer(text):
-        left, right = m.group(1), m.group(2)
-        try:
-            value = _arithmetic(ast.parse(left.replace("×", "*").replace("÷", "/"), mode="eval").body)
-        except (ValueError, SyntaxError, ZeroDivisionError):
-            continue
-        decimals = len(right.partition(".")[2])
-        if abs(value - float(right)) > 0.5 * 10**-decimals + 1e-9:
-            return m.group(0)
+
+def _same_answer(a: str, b: str) -> bool:
+    """Whether two statements name the same answer: the same text, or the same numbers
+    ("\\dfrac{16}{27}" and "\\frac{16}{27}", "x = 5" and "5")."""
+    return _canonical(a) == _canonical(b) or (bool(_numbers(a)) and _numbers(a) == _numbers(b))
+
+
+def _canonical(answer: str) -> str:
+    text = re.sub(r"\\(?:left|right|!|,|;|\s)|\{,\}|\$", "", answer).replace("\\dfrac", "\\frac")
+    return re.sub(r"\s+", "", plain_number(text.strip().rstrip(".")))
+
+
+def _other_answer(text: str, statements: list[_Statement]) -> str | None:
+    """Another answer the text states: an explicit one that differs from the final answer (a model
+    that hedges or switches), or, after it, an "answer is ..." that names a number the final does not."""
+    final = statements[-1]
+    for statement in statements:
+        if not _same_answer(statement.answer, final.answer):
+            return statement.answer
+    for phrase, _ in _phrase_statements(text[final.end :]):
+        if _numbers(phrase) - _numbers(final.answer):
+            return phrase
     return None
 
 
-def repeated_line(text: str, limit: int = REPEAT_LIMIT) -> str | None:
-    """A non-empty line that occurs `limit` times or more in `text` (whitespace-normalised), else None."""
-    counts: dict[str, int] = {}
-    for line in text.splitlines():
-        key = " ".join(line.split())
-        if key:
-            counts[key] = counts.get(key, 0) + 1
-            if counts[key] >= limit:
-                return key
-    return None
+def _opens_math(tail: str) -> bool:
+    """Whether the text after the answer opens a display or environment it never closes: it was cut off
+    ("The answer is $14$:\\n\\[" with the box that followed lost)."""
+    pairs = (("\\[", "\\]"), ("\\(", "\\)"), ("\\begin{", "\\end{"))
+    return any(tail.count(open_) > tail.count(close) for open_, close in pairs) or tail.count("$$") % 2 == 1
 
 
 def final_answer(text: str) -> FinalAnswer:
-    """The explicit final answer that closes `text`, or why there is none. Never guesses a last number.
+    """The explicit final answer of `text`, or why there is none. Never guesses a last number.
 
     Use it for anything a model wrote that may be marked correct (search steps, rollouts, revisions,
-    training data); `extract_answer`'s last-number fallback is for evaluation only.
+    training data); `extract_answer`'s last-number fallback is for evaluation only. The answer may be
+    followed by the rest of its sentence and by remarks; not by a new question, another answer or
+    garbage (`degeneration`).
     """
-    if repeated_line(text) is not None:
+    if loop(text) is not None:
         return FinalAnswer(None, "repetition")
     if false_equation(text) is not None:
         return FinalAnswer(None, "false_arithmetic")
-    span = _last_answer_span(text)
-    if span is None:
+    statements = _statements(text)
+    if not statements:
         return FinalAnswer(None, "no_answer")
-    answer, end = span
-    if not _CLOSING_RE.fullmatch(text[end:]):
-        return FinalAnswer(None, "runs_on")
-    return FinalAnswer(plain_number(answer), "answer")
+    statement = statements[-1]
+    tail = text[statement.end :]
+    if _opens_math(tail):
+        return FinalAnswer(None, "unfinished")
+    if garbage(tail, text[: statement.end]) is not None:
+        return FinalAnswer(None, "garbage")
+    # A new question is looked for after the first answer the text states: the question the model runs
+    # on into may itself hold "answer is" ("... Return the answer as a list.").
+    if new_question(text[statements[0].end :]) is not None:
+        return FinalAnswer(None, "new_question")
+    if _other_answer(text, statements) is not None:
+        return FinalAnswer(None, "other_answer")
+    return FinalAnswer(plain_number(statement.answer), "answer")

@@ -7,9 +7,10 @@ rollout each in ONE more `generate` call (plus ONE checker call), and backs the 
 of model calls per round is therefore constant in the number of problems; only the batch grows.
 
 Terminal steps (DESIGN §1). Only an explicit final answer can be correct. A new step is terminal when
-  - it states a final answer (`answers.final_answer`: a `\\boxed{}` or "The answer is ...") that closes
-    the text: valued +1 if it equals the ground truth, else -1;
-  - it states one and runs on after it, or the path repeats a line (`runs_on`, `repetition`): -1;
+  - it states a final answer (`answers.final_answer`: a `\\boxed{}` or "The answer is ..."; the rest of its
+    sentence and a remark may follow): valued +1 if it equals the ground truth, else -1;
+  - it states one and then goes wrong (`new_question`, `other_answer`, `garbage`), or the path loops
+    (`repetition`: the same passage again and again, never markup or a restated formula): -1;
   - it states an equation between plain numbers that does not hold, e.g. "5 - 6 = 1"
     (`false_arithmetic`): -1, whatever answer it reaches;
   - it ends without one: the model ended the text (`end_of_text`), the step was cut at the token limit
@@ -40,7 +41,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from sigma_assets.llm.generation import GenerationRequest, Sample, SamplingParams
-from sigma_assets.method.answers import final_answer, repeated_line
+from sigma_assets.method.answers import final_answer
+from sigma_assets.method.degeneration import loop
 
 CHATML_TEMPLATE = (
     "<|im_start|>user\n{problem}\n"
@@ -92,8 +94,8 @@ class Node:
     visits: int = 0
     value_sum: float = 0.0
     terminal: bool = False
-    # Why a terminal is one: answer | runs_on | repetition | false_arithmetic | end_of_text | token_limit |
-    # depth_limit | context_overflow (see the module docstring); None for a non-terminal node.
+    # Why a terminal is one: answer | new_question | other_answer | garbage | repetition | false_arithmetic |
+    # end_of_text | token_limit | depth_limit | context_overflow (module docstring); None if not terminal.
     terminal_reason: str | None = None
     answer: str | None = None
     correct: bool | None = None
@@ -160,7 +162,7 @@ class SearchResult:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     round_stats: list[RoundStats] = field(default_factory=list)
-    # How each rollout ended: answer | no_answer | runs_on | repetition | false_arithmetic | token_limit |
+    # How each rollout ended: a `final_answer` reason (answer, no_answer, repetition, ...), token_limit or
     # context_overflow.
     rollout_outcomes: dict[str, int] = field(default_factory=dict)
 
@@ -245,15 +247,21 @@ def _same_step(a: str, b: str) -> bool:
     return a.split() == b.split()
 
 
-def _classify_step(child: Node, sample: Sample, history: Sequence[str], max_depth: int) -> None:
+# Verdicts of `final_answer` that end a step: an answer (right or wrong), and what goes wrong with one.
+_ANSWERED = ("answer", "false_arithmetic", "new_question", "other_answer", "garbage")
+
+
+def classify_step(
+    child: Node, sample: Sample, history: Sequence[str], max_depth: int, delimiter: str = "\n\n"
+) -> None:
     """Decide whether a new step is terminal, and why (module docstring); set its answer if it has one."""
     verdict = final_answer(child.step)
     reason: str | None = None
     if sample.finish_reason == "length":
         reason = "token_limit"  # cut mid-step: whatever it says is unfinished
-    elif repeated_line("\n".join([*history, child.step])) is not None:
-        reason = "repetition"
-    elif verdict.reason in ("answer", "runs_on", "false_arithmetic"):
+    elif loop(delimiter.join([*history, child.step])) is not None:
+        reason = "repetition"  # the path loops, across its steps or within this one
+    elif verdict.reason in _ANSWERED:
         reason = verdict.reason
     elif not child.step or sample.finish_reason == "end":
         reason = "end_of_text"
@@ -378,7 +386,7 @@ def run_search(
                         same.samples += 1
                         continue
                     child = Node(f"{leaf.node_id}.{len(leaf.children)}", leaf.node_id, leaf.depth + 1, step)
-                    _classify_step(child, sample, history, settings.max_depth)
+                    classify_step(child, sample, history, settings.max_depth, settings.step_delimiter)
                     leaf.children.append(child)
                     new_children.append((e, child))
 

@@ -150,8 +150,8 @@ class RefinedPath:
     final_answer: str | None
     correct: bool
     drift: bool
-    # Why the last revision was rejected: wrong_answer | no_answer | runs_on | repetition |
-    # false_arithmetic | several_paragraphs | echo (see `malformed_step`); None if kept.
+    # Why the last revision was rejected: wrong_answer, a `final_answer` reason (no_answer, repetition,
+    # false_arithmetic, new_question, ...), several_paragraphs or echo (`malformed_step`); None if kept.
     rejected_revision: str | None
     regurgitation: bool
     generic_feedback: bool  # any depth's feedback was generic

@@ -22,7 +22,7 @@ TREE_COLUMNS: Table = {
     "terminal": Column(pl.Boolean, "No children will be grown: an answer, an unfinished end, or a limit."),
     "terminal_reason": Column(
         pl.String,
-        "Why it is terminal (answer, runs_on, false_arithmetic, end_of_text, ...); null if open.",
+        "Why it is terminal (answer, new_question, repetition, false_arithmetic, ...); null if open.",
     ),
     "answer": Column(
         pl.String, "The explicit final answer the step states (boxed or 'The answer is'); null otherwise."

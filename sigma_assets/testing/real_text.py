@@ -1,0 +1,280 @@
+"""The rules that read model text, measured on what real models wrote.
+
+Reads the graded real outputs in `sigma_assets_tests/data/real_outputs/` (Qwen2.5-Math-7B-Instruct and a
+NeMo-Skills model on MATH, GPT-4 on TheoremQA, search trees from a Qwen2.5-Math policy) and measures:
+
+- how many of the solutions that both the source's grader and this project's evaluation grading call
+  correct (the *base set*) `answers.final_answer` keeps with a correct answer, and why it rejects the rest;
+- how many of the Qwen base solutions, fed step by step through the search's own terminal rule, reach a
+  +1 terminal at their last step;
+- how many degenerate variants of kept solutions are still rejected, and for the right reason;
+- whether any sample the source grades wrong is kept (only where the source's grader is wrong itself).
+
+`bench/bench_real_text.py` prints the figures and writes the report; the tests pin them.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sigma_assets.llm.generation import Sample
+from sigma_assets.method.answers import extract_answer, extract_boxed, final_answer
+from sigma_assets.method.degeneration import prose_words
+from sigma_assets.method.mcts import Node, classify_step
+
+CheckMany = Callable[[Sequence[tuple[str, str | None]]], list[bool]]
+
+DATA_DIR = Path(__file__).resolve().parents[2] / "sigma_assets_tests" / "data"
+REAL_OUTPUTS = DATA_DIR / "real_outputs"
+
+SOURCES = ("qwen", "nemo-skills", "theoremqa")
+DELIMITER = "\n\n"
+MAX_DEPTH = 16
+
+# Read by hand: the base-set samples that run on into a new question after their answer. They leave the
+# base set, and every one must be rejected.
+RUNAWAY_INTO_NEW_QUESTION = {"nemo-skills": {"5", "14"}}
+# Read by hand: samples the source's grader marks wrong whose explicit final answer is right, so a kept
+# verdict is no verdict added: "10{,}000" against a boxed 10000 (Qwen's grader), a `\fbox{958}` the
+# NeMo-Skills grader does not read, "7.58%" for 0.0758 (TheoremQA's grader reads 7.58).
+SOURCE_GRADER_MISSES = {"qwen": {"72-7"}, "nemo-skills": {"48"}, "theoremqa": {"301"}}
+
+
+@dataclass(frozen=True)
+class GradedText:
+    source: str
+    key: str  # stable within its source: "idx-sample" for Qwen, the row for the others
+    problem: str
+    text: str
+    gold: str
+    source_correct: bool
+
+
+def _jsonl(path: Path) -> Iterator[dict]:
+    with path.open() as f:
+        for line in f:
+            if line.strip():
+                yield json.loads(line)
+
+
+def load_graded_texts(directory: Path = REAL_OUTPUTS) -> dict[str, list[GradedText]]:
+    """The three graded fixtures, by source."""
+    qwen = [
+        GradedText(
+            "qwen", f"{r['idx']}-{r['sample']}", r["question"], r["response"], r["gt"], r["qwen_score"]
+        )
+        for r in _jsonl(directory / "qwen25-math-7b-instruct_math_a.jsonl")
+    ]
+    nemo = [
+        GradedText(
+            "nemo-skills", str(i), r["problem"], r["generation"], r["expected_answer"], r["symbolic_correct"]
+        )
+        for i, r in enumerate(_jsonl(directory / "nemo-skills_math_rs1.jsonl"))
+    ]
+    theoremqa = [
+        GradedText("theoremqa", str(i), r["question"], r["rationale"], str(r["answer"]), r["correct"])
+        for i, r in enumerate(_jsonl(directory / "theoremqa_gpt-4_a.jsonl"))
+    ]
+    return {"qwen": qwen, "nemo-skills": nemo, "theoremqa": theoremqa}
+
+
+def search_tree_paths(directory: Path = REAL_OUTPUTS) -> list[tuple[str, str, str]]:
+    """(question, root-to-leaf solution text, gold) for every leaf of the real search trees."""
+    paths = []
+
+    def walk(node: dict, texts: tuple[str, ...], question: str, gold: str) -> None:
+        if not node.get("children"):
+            paths.append((question, DELIMITER.join(texts), gold))
+        for child in node.get("children", []):
+            walk(child, (*texts, child["text"]), question, gold)
+
+    for tree in _jsonl(directory / "openr_math-aps-trees.jsonl"):
+        root = tree["reasoning_steps"]
+        walk(root, (), root["text"], str(tree["final_answer"]))
+    return paths
+
+
+def tree_paths_kept(check_many: CheckMany, directory: Path = REAL_OUTPUTS) -> tuple[int, list[str]]:
+    """Of the real search trees' root-to-leaf paths whose last box holds the gold answer: how many there
+    are, and those `final_answer` does not keep with that answer."""
+    paths = search_tree_paths(directory)
+    reached = check_many([(gold, extract_boxed(text)) for _, text, gold in paths])
+    right = [(text, gold) for (_, text, gold), ok in zip(paths, reached, strict=True) if ok]
+    kept = check_many([(gold, final_answer(text).answer) for text, gold in right])
+    return len(right), [text for (text, _), ok in zip(right, kept, strict=True) if not ok]
+
+
+def steps_of(text: str) -> list[str]:
+    """A solution as the search grows it: one step per paragraph (blank lines dropped)."""
+    return [part.strip() for part in text.split(DELIMITER) if part.strip()]
+
+
+def search_terminal(steps: Sequence[str]) -> tuple[int, str | None, str | None]:
+    """Feed `steps` through the search's terminal rule: (the step that ended the path, why, its answer).
+
+    Every step but the last is a sampled step stopped at the delimiter; at the last the model ended the
+    text. (-1, None, None) when no step is terminal."""
+    history: list[str] = []
+    for depth, step in enumerate(steps, start=1):
+        node = Node(f"0.{depth}", "0", depth, step)
+        classify_step(node, Sample(step, "end" if depth == len(steps) else "stop"), history, MAX_DEPTH)
+        if node.terminal:
+            return depth - 1, node.terminal_reason, node.answer
+        history.append(step)
+    return -1, None, None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Degenerate variants of a kept solution
+# ---------------------------------------------------------------------------------------------------------
+
+_SENTENCE_RE = re.compile(r"(?<=[.!?])\s+")
+_FIRST_ANSWER_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])|\banswer(?:\s+is\b|\s*:)", re.IGNORECASE)
+
+# The kind of each variant, and the verdict it must get: each is rejected for its own reason.
+VARIANT_REASONS = {
+    "new_question": ("new_question",),
+    "new_question_labelled": ("new_question",),
+    "repeated_sentence": ("repetition",),
+    "false_sum_paragraph": ("false_arithmetic",),
+    "false_sum_in_prose": ("false_arithmetic",),
+    "false_sum_in_math": ("false_arithmetic",),
+    "answer_cut_off": ("no_answer", "unfinished"),
+}
+
+
+def _middle_sentence(text: str) -> str | None:
+    """A prose sentence (three words or more outside math) from the middle of the text."""
+    paragraphs = text.split(DELIMITER)
+    candidates = [
+        (i, sentence)
+        for i, paragraph in enumerate(paragraphs)
+        for sentence in _SENTENCE_RE.split(paragraph)
+        if len(prose_words(sentence)) >= 3
+    ]
+    inner = [c for c in candidates if 0 < c[0] < len(paragraphs) - 1] or candidates
+    return inner[len(inner) // 2][1] if inner else None
+
+
+def degenerate_variants(text: str, other_problem: str, rng: random.Random) -> dict[str, str]:
+    """The solution spoiled four ways, as a degenerate model spoils it (see `VARIANT_REASONS`)."""
+    variants = {
+        "new_question": f"{text}{DELIMITER}{other_problem}",
+        "new_question_labelled": f"{text}{DELIMITER}Question: {other_problem}",
+    }
+    sentence = _middle_sentence(text)
+    if sentence is not None:
+        variants["repeated_sentence"] = text.replace(sentence, " ".join([sentence] * 4), 1)
+    a, b = rng.randint(2, 99), rng.randint(2, 99)
+    wrong = a + b + rng.randint(1, 9)
+    paragraphs = text.split(DELIMITER)
+    middle = len(paragraphs) // 2
+
+    def inserted(paragraph: str) -> str:
+        return DELIMITER.join([*paragraphs[:middle], paragraph, *paragraphs[middle:]])
+
+    variants["false_sum_paragraph"] = inserted(f"{a} + {b} = {wrong}.")
+    variants["false_sum_in_prose"] = inserted(f"Note that {a} + {b} = {wrong}, which we use below.")
+    variants["false_sum_in_math"] = inserted(f"\\[ {a} + {b} = {wrong} \\]")
+    first = _FIRST_ANSWER_RE.search(text)
+    if first is not None:
+        variants["answer_cut_off"] = text[: first.start()]
+    return variants
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The measurement
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SourceFigures:
+    source: str
+    samples: int = 0
+    source_correct: int = 0
+    base: list[GradedText] = field(default_factory=list)
+    kept: list[GradedText] = field(default_factory=list)
+    rejected: list[tuple[GradedText, str]] = field(default_factory=list)  # (sample, reason)
+    runaway: list[tuple[GradedText, str]] = field(default_factory=list)  # (sample, verdict)
+    added: list[GradedText] = field(default_factory=list)  # source says wrong, kept as correct
+    # Through the search rule (`search_terminal`), base samples that fit in `MAX_DEPTH`.
+    fit: int = 0
+    plus_one_at_last: int = 0
+    search_misses: list[tuple[GradedText, str]] = field(default_factory=list)
+    # Degenerate variants of kept samples: kind -> Counter of verdicts ("kept" when still kept).
+    variants: dict[str, Counter[str]] = field(default_factory=dict)
+
+    @property
+    def kept_share(self) -> float:
+        return len(self.kept) / len(self.base) if self.base else 0.0
+
+    def variant_rejected(self, kind: str) -> tuple[int, int]:
+        """How many of `kind`'s variants were rejected for the reason that kind must get, of how many."""
+        counts = self.variants.get(kind, Counter())
+        return sum(counts[reason] for reason in VARIANT_REASONS[kind]), sum(counts.values())
+
+    def variant_rejected_share(self, kind: str) -> float:
+        right, total = self.variant_rejected(kind)
+        return right / total if total else 0.0
+
+
+def measure_source(samples: Sequence[GradedText], check_many: CheckMany, seed: int = 0) -> SourceFigures:
+    """Every figure of one source (see the module docstring)."""
+    source = samples[0].source
+    figures = SourceFigures(
+        source, samples=len(samples), source_correct=sum(s.source_correct for s in samples)
+    )
+    evaluated = check_many([(s.gold, extract_answer(s.text)) for s in samples])
+    verdicts = [final_answer(s.text) for s in samples]
+    correct = check_many([(s.gold, v.answer) for s, v in zip(samples, verdicts, strict=True)])
+    runaway = RUNAWAY_INTO_NEW_QUESTION.get(source, set())
+    for sample, evaluated_ok, verdict, ok in zip(samples, evaluated, verdicts, correct, strict=True):
+        kept = verdict.ok and ok
+        if kept and not sample.source_correct:
+            figures.added.append(sample)
+        if not (sample.source_correct and evaluated_ok):
+            continue
+        if sample.key in runaway:
+            figures.runaway.append((sample, "kept" if kept else verdict.reason))
+            continue
+        figures.base.append(sample)
+        if kept:
+            figures.kept.append(sample)
+        else:
+            figures.rejected.append((sample, verdict.reason if not verdict.ok else "wrong_answer"))
+
+    for sample in figures.base:
+        steps = steps_of(sample.text)
+        if len(steps) > MAX_DEPTH:
+            continue
+        figures.fit += 1
+        at, reason, answer = search_terminal(steps)
+        if at == len(steps) - 1 and reason == "answer" and check_many([(sample.gold, answer)])[0]:
+            figures.plus_one_at_last += 1
+        else:
+            where = "no terminal" if at < 0 else f"step {at + 1} of {len(steps)}: {reason}"
+            figures.search_misses.append((sample, where))
+
+    rng = random.Random(seed)
+    problems = sorted({s.problem for s in samples})
+    for sample in figures.kept:
+        other = rng.choice([p for p in problems if p != sample.problem])
+        for kind, text in degenerate_variants(sample.text, other, rng).items():
+            verdict = final_answer(text)
+            still_kept = verdict.ok and check_many([(sample.gold, verdict.answer)])[0]
+            outcome = "kept" if still_kept else (verdict.reason if not verdict.ok else "wrong_answer")
+            figures.variants.setdefault(kind, Counter())[outcome] += 1
+    return figures
+
+
+def measure(check_many: CheckMany, directory: Path = REAL_OUTPUTS) -> dict[str, SourceFigures]:
+    return {
+        source: measure_source(samples, check_many)
+        for source, samples in load_graded_texts(directory).items()
+    }
