@@ -52,9 +52,14 @@ def model_resource(
     concurrency: int = 16,
     max_usd_per_run: float | None = None,
     use_batch_api: bool = False,
+    tokenizer: str | None = None,
 ) -> ModelResource:
     """The resource of one model role, by what serves it (SIGMA_POLICY_BACKEND / SIGMA_CRITIC_BACKEND)."""
-    limits: dict[str, Any] = {"concurrency": concurrency, "max_usd_per_run": max_usd_per_run}
+    limits: dict[str, Any] = {
+        "concurrency": concurrency,
+        "max_usd_per_run": max_usd_per_run,
+        "tokenizer": tokenizer,
+    }
     if backend == "openai":
         # EnvVar: the key is read in the step that calls, never stored in config, the UI or logs.
         return OpenAIModelResource(
@@ -84,6 +89,7 @@ def build_resources(settings: Settings) -> dict[str, Any]:
             api_key_variable="SIGMA_POLICY_API_KEY",
             server=settings.policy_server,
             max_usd_per_run=settings.max_usd_per_run,
+            tokenizer=settings.policy_tokenizer,
         ),
         "critic": model_resource(
             settings.critic_backend,

@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     policy_model: Annotated[str, _env("SIGMA_POLICY_MODEL")] = BUNDLED_SMOLLM2
     policy_base_url: Annotated[str | None, _env("SIGMA_POLICY_BASE_URL")] = None
     policy_server: Annotated[PolicyServer, _env("SIGMA_POLICY_SERVER")] = "openai"
+    # A local tokenizer folder whose chat template formats the policy's prompt (for a server policy).
+    policy_tokenizer: Annotated[str | None, _env("SIGMA_POLICY_TOKENIZER")] = None
     # As set; unset, `critic_backend` and `critic_model` derive them from whether OPENAI_API_KEY is set.
     critic_backend_set: Annotated[CriticBackend | None, _env("SIGMA_CRITIC_BACKEND")] = None
     critic_model_set: Annotated[str | None, _env("SIGMA_CRITIC_MODEL")] = None

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import dagster as dg
 import polars as pl
+from transformers import AutoTokenizer
 
 from sigma_assets.definitions import build_resources
 from sigma_assets.defs.problems.assets import raw_problems
 from sigma_assets.defs.search.assets import mcts_trees, sibling_sets
 from sigma_assets.defs.shared.resources import ModelResource, OpenAIModelResource, TransformersModelResource
+from sigma_assets.method.policy_prompt import chat_template_prompt, policy_prompt
+from sigma_assets.method.previews import render_text_markdown
 from sigma_assets.settings import Settings
 from sigma_assets.testing.fault_server import FaultServer
 from sigma_assets_tests.support import (
@@ -84,3 +87,46 @@ def test_search_with_the_tiny_local_model(tmp_path, tiny_model_dir):
     metadata = result.asset_materializations_for_node("sibling_sets")[0].metadata
     unsolved = metadata["problems_without_correct_leaf"].value
     assert unsolved + metadata["problems_with_path"].value == problems.height
+
+
+def test_the_policy_prompt_is_the_policy_models_chat_template_and_the_metadata_shows_it(
+    tmp_path, tiny_model_dir
+):
+    key = shard_with_problems(Settings.from_env())
+    sent: list[str] = []
+
+    def recording_policy(request: dict, sample_index: int) -> str:
+        sent.append(request.get("prompt", ""))
+        return arithmetic_policy(request, sample_index)
+
+    def search(base_url: str, store: str, tokenizer: str | None) -> tuple[dict, pl.DataFrame]:
+        settings = Settings.from_env({"SIGMA_STORAGE_URL": str(tmp_path / store)})
+        policy = OpenAIModelResource(
+            api_key="unused", model="scripted", base_url=base_url, tokenizer=tokenizer
+        )
+        result = materialize_shard(
+            [raw_problems, mcts_trees],
+            key,
+            "0.7",
+            resources=build_resources(settings) | {"policy": policy},
+            instance=dg.DagsterInstance.ephemeral(),
+            # No template in config: the policy model's own chat template, or ChatML without a tokenizer.
+            run_config={"ops": {"mcts_trees": {"config": {**SEARCH_CONFIG, "prompt_template": None}}}},
+        )
+        assert result.success
+        return result.asset_materializations_for_node("mcts_trees")[0].metadata, result.output_for_node(
+            "raw_problems"
+        )
+
+    with FaultServer(responder=recording_policy) as server:
+        plain, _ = search(server.base_url, "a", None)
+        sent.clear()
+        templated, problems = search(server.base_url, "b", str(tiny_model_dir))
+    assert plain["prompt_template_source"].value.startswith("ChatML (no tokenizer for a server model")
+    assert templated["prompt_template_source"].value == f"chat template of {tiny_model_dir}"
+    template = chat_template_prompt(AutoTokenizer.from_pretrained(tiny_model_dir))
+    # The metadata shows the template and the first problem's prompt as the server received it.
+    first = policy_prompt(problems["problem"][0], [], template)
+    assert first in sent
+    assert templated["prompt_example"].value == render_text_markdown(first)
+    assert templated["prompt_template"].value == render_text_markdown(template)

@@ -27,7 +27,8 @@ from sigma_assets.defs.problems.assets import raw_problems
 from sigma_assets.defs.search.assets import mcts_trees, sibling_sets
 from sigma_assets.llm.models import resolve_local_model
 from sigma_assets.method.budgets import search_budget
-from sigma_assets.method.mcts import MCTSSettings, policy_prompt
+from sigma_assets.method.mcts import MCTSSettings
+from sigma_assets.method.policy_prompt import policy_prompt
 from sigma_assets.settings import BUNDLED_SMOLLM2, Settings
 from sigma_assets_tests.recording_proxy import Exchange, RecordingProxy
 from sigma_assets_tests.support import ShardRun, materialize_shard

@@ -43,12 +43,7 @@ from typing import Literal
 from sigma_assets.llm.generation import GenerationRequest, Sample, SamplingParams
 from sigma_assets.method.answers import final_answer
 from sigma_assets.method.degeneration import loop
-
-CHATML_TEMPLATE = (
-    "<|im_start|>user\n{problem}\n"
-    "Please reason step by step, and put your final answer within \\boxed{}.<|im_end|>\n"
-    "<|im_start|>assistant\n"
-)
+from sigma_assets.method.policy_prompt import CHATML_TEMPLATE, policy_prompt
 
 Generate = Callable[[Sequence[GenerationRequest]], list[list[Sample]]]
 # Pairs are (gold, prediction): gold first, because math-verify's comparison is asymmetric.
@@ -72,7 +67,9 @@ class MCTSSettings:
     rollout: Literal["policy", "none"] = "policy"
     step_delimiter: str = "\n\n"
     seed: int = 0
-    prompt_template: str = CHATML_TEMPLATE
+    # The policy's prompt, `{problem}` in it; None: the policy model's chat template, resolved by the
+    # caller that holds its tokenizer (`policy_prompt.resolve_policy_prompt`), else ChatML.
+    prompt_template: str | None = None
     # Classic UCT re-selects terminals; off, exhausted subtrees are skipped (siblings get explored).
     reselect_terminals: bool = False
 
@@ -170,18 +167,6 @@ class SearchResult:
     def without_selected_path(self) -> list[str]:
         """Problems whose tree reached no correct terminal leaf: they yield no SFT sample."""
         return [tree.problem_id for tree in self.trees if selected_path(tree) is None]
-
-
-def policy_prompt(
-    problem: str, steps: Sequence[str], template: str = CHATML_TEMPLATE, delimiter: str = "\n\n"
-) -> str:
-    """The policy's completion prompt: the problem in `template`, then each step so far + delimiter.
-
-    Pure string concatenation, so every node's prompt is a byte-identical extension of its parent's
-    (prefix caching in vLLM-style servers reuses the shared question + path). `{problem}` is replaced
-    literally, so templates may contain other braces such as `\\boxed{}`.
-    """
-    return template.replace("{problem}", problem) + "".join(step + delimiter for step in steps)
 
 
 def sampling_seed(seed: int, temperature: float, problem_id: str, node_id: str, purpose: str) -> int:
@@ -330,8 +315,9 @@ def run_search(
         return sampling_seed(settings.seed, settings.temperature, tree.problem_id, node.node_id, purpose)
 
     def prompt_for(tree: Tree, path: Sequence[Node]) -> str:
+        steps = [n.step for n in path[1:]]
         return policy_prompt(
-            tree.problem, [n.step for n in path[1:]], settings.prompt_template, settings.step_delimiter
+            tree.problem, steps, settings.prompt_template or CHATML_TEMPLATE, settings.step_delimiter
         )
 
     while True:

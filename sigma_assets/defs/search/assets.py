@@ -1,7 +1,7 @@
 """mcts_trees and sibling_sets: batched MCTS with the policy model, then each selected step's siblings."""
 
 from collections import Counter
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import dagster as dg
 import polars as pl
@@ -22,6 +22,7 @@ from sigma_assets.defs.shared.resources import ModelResource, StorageResource
 from sigma_assets.method.budgets import search_budget
 from sigma_assets.method.grading import AnswerChecker
 from sigma_assets.method.mcts import SELECTION_RULE, MCTSSettings, run_search, selected_path
+from sigma_assets.method.policy_prompt import policy_prompt, resolve_policy_prompt
 from sigma_assets.method.previews import (
     render_sibling_sets_markdown,
     render_text_markdown,
@@ -59,6 +60,10 @@ def mcts_trees(
 ) -> pl.DataFrame:
     _, temperature = shard_and_temperature(context)
     settings: MCTSSettings = settings_from_config(MCTSSettings, config, temperature=float(temperature))
+    # The prompt in config, else the policy model's own chat template (loaded only when it is needed).
+    tokenizer, tokenizer_name = (None, "") if settings.prompt_template else policy.load_tokenizer()
+    prompt = resolve_policy_prompt(settings.prompt_template, tokenizer, tokenizer_name)
+    settings = replace(settings, prompt_template=prompt.template)
     problems = [(r["problem_id"], r["problem"], r["answer"]) for r in raw_problems.iter_rows(named=True)]
     with (
         policy.client(storage.root(), store_namespace("policy", context)) as client,
@@ -96,7 +101,12 @@ def mcts_trees(
             "settings": dg.MetadataValue.json(
                 {k: v for k, v in asdict(settings).items() if k != "prompt_template"}
             ),
-            "prompt_template": dg.MetadataValue.md(render_text_markdown(settings.prompt_template)),
+            "prompt_template": dg.MetadataValue.md(render_text_markdown(prompt.template)),
+            "prompt_template_source": prompt.source,
+            # What the policy was sent for the first problem's root, as sent.
+            "prompt_example": dg.MetadataValue.md(
+                render_text_markdown(policy_prompt(problems[0][1], [], prompt.template) if problems else "")
+            ),
             "preview": dg.MetadataValue.md(
                 render_tree_markdown(preview_tree) if preview_tree else "no trees"
             ),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import dagster as dg
 
@@ -77,10 +78,33 @@ class ModelResource(dg.ConfigurableResource):
     max_attempts: int = 6
     timeout_s: float = 600.0
     max_usd_per_run: float | None = None  # SIGMA_MAX_USD_PER_RUN: a stage projected over it refuses to start
+    # A local tokenizer folder for the model's chat template (SIGMA_POLICY_TOKENIZER); unset, the local
+    # model folder's own (in-process backends) or none (a server).
+    tokenizer: str | None = None
 
     @property
     def kind(self) -> str:
         raise NotImplementedError
+
+    def local_model_path(self) -> str | None:
+        """The model's own folder, where the model runs in this process; None for a server."""
+        return None
+
+    def load_tokenizer(self) -> tuple[Any | None, str]:
+        """The model's tokenizer and its name, or (None, why there is none)."""
+        path = self.tokenizer or self.local_model_path()
+        if path is None:
+            return None, "no tokenizer for a server model (SIGMA_POLICY_TOKENIZER names a local one)"
+        from transformers import AutoTokenizer
+
+        try:
+            return AutoTokenizer.from_pretrained(path), self.tokenizer or self.model
+        except (OSError, ValueError) as exc:
+            if self.tokenizer:
+                raise ValueError(
+                    f"SIGMA_POLICY_TOKENIZER={self.tokenizer!r} is not a tokenizer: {exc}"
+                ) from exc
+            return None, f"no tokenizer found for {self.model}"
 
     @property
     def batch_api(self) -> bool:
@@ -121,6 +145,9 @@ class TransformersModelResource(ModelResource):
     def kind(self) -> str:
         return "transformers"
 
+    def local_model_path(self) -> str | None:
+        return resolve_local_model(self.model)
+
     def build_backend(self) -> Backend:
         from sigma_assets.llm.backends.hf_local import TransformersBackend
 
@@ -133,6 +160,9 @@ class VLLMEngineResource(ModelResource):
     @property
     def kind(self) -> str:
         return "vllm"
+
+    def local_model_path(self) -> str | None:
+        return resolve_local_model(self.model)
 
     def build_backend(self) -> Backend:
         from sigma_assets.llm.backends.vllm_engine import VLLMBackend

@@ -163,10 +163,11 @@ class TransformersBackend:
                 tokenize=False,
                 add_generation_prompt=True,
             )
-        else:
-            text = request.prompt or ""
-        # The chat template already spells out its special tokens; completions go in exactly as given.
-        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+            # The chat template already spells out its special tokens.
+            return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+        # A completion prompt is encoded as vLLM's and transformers' completion endpoints encode it: with
+        # the BOS token a tokenizer adds by itself (Llama-3, DeepSeekMath; none for ChatML models).
+        return list(tokenizer(request.prompt or "", add_special_tokens=True)["input_ids"])
 
     def _generate_chunk(
         self,
