@@ -7,7 +7,7 @@ from typing import Any
 import dagster as dg
 
 from sigma_assets.defs.evaluation import assets as evaluation
-from sigma_assets.defs.evaluation.assets import EvaluationResource
+from sigma_assets.defs.evaluation.resources import EvaluationResource
 from sigma_assets.defs.operations.schedules import SCHEDULES
 from sigma_assets.defs.operations.sensors import SENSORS
 from sigma_assets.defs.problems import assets as problems

@@ -11,7 +11,8 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from sigma_assets.defs.evaluation.assets import EvaluationResource, eval_scores, finetuned_not_below_base
+from sigma_assets.defs.evaluation.assets import eval_scores, finetuned_not_below_base
+from sigma_assets.defs.evaluation.resources import EvaluationResource
 from sigma_assets.evaluation import scoring
 from sigma_assets.evaluation.scoring import EvalProblem, EvalSet
 from sigma_assets.method.grading import AnswerChecker
@@ -53,7 +54,8 @@ def test_eval_sets_parse_and_load_skipping_ungradeable_gold(checker, tmp_path: P
     math_file = tmp_path / "math.jsonl"
     rows = [
         {"problem": "Compute 1/2 + 1/4.", "solution": "We get $\\boxed{\\frac{3}{4}}$.", "level": "Level 1"},
-        {"problem": "Is 7 prime?", "solution": "Yes, so $\\boxed{\\text{yes}}$."},
+        {"problem": "Is 7 prime?", "solution": "Yes, so $\\boxed{\\text{yes}}$."},  # a yes/no answer
+        {"problem": "Which box?", "solution": "So $\\boxed{\\text{the blue one}}$."},  # prose: skipped
     ]
     math_file.write_text("\n".join(json.dumps(r) for r in rows))
     gsm_file = tmp_path / "gsm8k.jsonl"
@@ -61,7 +63,10 @@ def test_eval_sets_parse_and_load_skipping_ungradeable_gold(checker, tmp_path: P
     pairs = scoring.parse_eval_sets(f"MATH={math_file}, GSM8K={gsm_file}")
     assert pairs == [("MATH", str(math_file)), ("GSM8K", str(gsm_file))]
     math_set = scoring.load_eval_set(*pairs[0], checker)
-    assert [p.answer for p in math_set.problems] == ["\\frac{3}{4}"] and math_set.skipped == 1
+    assert [(p.answer, p.kind) for p in math_set.problems] == [("\\frac{3}{4}", "math"), ("True", "bool")]
+    assert [(s.row, s.reason.split(":")[0]) for s in math_set.skipped] == [
+        (3, "prose, not a mathematical answer")
+    ]
     assert [p.answer for p in scoring.load_eval_set(*pairs[1], checker).problems] == ["7"]
     for bad, words in [("MATH", "not name=path"), ("a=x,a=y", "used twice"), ("heldout=x", "reserved")]:
         with pytest.raises(scoring.EvalSetError, match=words):

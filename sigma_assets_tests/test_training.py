@@ -14,6 +14,7 @@ import polars as pl
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from sigma_assets.defs.evaluation.resources import EvaluationResource
 from sigma_assets.defs.shared.io_manager import AtomicParquetIOManager
 from sigma_assets.defs.shared.partitions import SHARD_TEMPERATURE, SHARDS
 from sigma_assets.defs.shared.resources import StorageResource
@@ -50,6 +51,7 @@ def resources(root: Path, base_model: str | Path) -> dict:
         "storage": storage,
         "io_manager": AtomicParquetIOManager(storage=storage),
         "training": TrainingResource(base_model=str(base_model), profile="cpu"),
+        "evaluation": EvaluationResource(),
         # The trainer process imports this checkout, wherever the tests run from.
         "pipes_subprocess_client": dg.PipesSubprocessClient(
             env={"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
@@ -180,3 +182,42 @@ def test_a_failing_trainer_fails_the_asset_with_its_own_error(trained, tmp_path:
     assert "sigma_assets/training/train.py" in message
     # The model trained before is still there, untouched.
     assert (trained["root"] / "models" / "sigma" / "model.safetensors").is_file()
+
+
+def test_an_evaluation_problem_in_the_training_data_is_removed_and_counted(tmp_path: Path, tiny_model_dir):
+    root = tmp_path / "storage"
+    written = write_search_outputs(root)
+    raw = pl.concat(pl.read_parquet(p) for p in (root / "assets" / "raw_problems").glob("*.parquet"))
+    trainable = [pid for rows in written.values() for pid in (r["problem_id"] for r in rows[3:])]
+    problem = dict(zip(raw["problem_id"], raw["problem"], strict=True))
+    long = [pid for pid in sorted(set(trainable)) if len(problem[pid].split()) >= 10]
+    exact, restated = long[:2]
+    benchmark = tmp_path / "bench.jsonl"
+    benchmark.write_text(
+        "\n".join(
+            json.dumps(row)
+            for row in [
+                {"problem": problem[exact], "answer": "1"},  # the same text
+                {"problem": f"Problem 7. {problem[restated].upper()} Explain.", "answer": "1"},  # an 8-gram
+                {"problem": "What is the capital of the moon's smallest crater?", "answer": "0"},
+            ]
+        )
+    )
+    result = dg.materialize(
+        TRAINING_ASSETS,
+        selection=[sft_dataset],
+        partition_key="sigma",
+        resources={
+            **resources(root, tiny_model_dir),
+            "evaluation": EvaluationResource(eval_sets=f"bench={benchmark}"),
+        },
+        instance=dg.DagsterInstance.ephemeral(),
+    )
+    frame = result.output_for_node("sft_dataset")
+    assert not {exact, restated} & set(frame["problem_id"])
+    metadata = result.asset_materializations_for_node("sft_dataset")[0].metadata
+    removed = metadata["decontaminated_problems"].value["bench"]
+    assert {exact, restated} <= set(removed)  # and problems of the same template, sharing 8 words
+    assert metadata["decontaminated_per_set"].value["bench"] == len(removed)
+    assert not set(removed) & set(frame["problem_id"])
+    assert set(metadata["decontaminated_per_set"].value) == {"heldout", "bench"}

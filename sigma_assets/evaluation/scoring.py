@@ -2,9 +2,9 @@
 
 Zero-shot greedy decoding in the student's prompt format (the one it was trained on). The answer is
 the last `\\boxed{}`, else "The answer is …", else the last number (`answers.extract_answer`), and it
-is compared with the gold answer by math-verify, gold first (`AnswerChecker.check_many`). Gold answers
-go through the same validation as training problems, so an ungradeable gold answer is skipped (and
-counted), never scored as a wrong prediction.
+is compared with the gold answer by the gold's kind (`answer_check`: math-verify, gold first, for
+mathematics). Benchmark files are read in their published layouts (`benchmarks`); an ungradeable gold
+answer is skipped (and listed with its reason), never scored as a wrong prediction.
 
 No Dagster imports.
 """
@@ -19,7 +19,8 @@ from typing import Any
 import polars as pl
 
 from sigma_assets.data.arithmetic import arithmetic_problems
-from sigma_assets.data.problems import load_problems
+from sigma_assets.evaluation.answer_check import grade
+from sigma_assets.evaluation.benchmarks import EvalProblem, EvalSet, EvalSetError, load_benchmark
 from sigma_assets.llm.generation import GenerationRequest, Sample, SamplingParams, user
 from sigma_assets.method.answers import extract_answer
 from sigma_assets.method.grading import AnswerChecker
@@ -41,25 +42,6 @@ _SET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 Generate = Callable[[Sequence[GenerationRequest]], list[list[Sample]]]
 CheckMany = Callable[[Sequence[tuple[str, str | None]]], list[bool]]
-
-
-class EvalSetError(ValueError):
-    """An evaluation set cannot be used; the message names the setting, the set and the file."""
-
-
-@dataclass(frozen=True)
-class EvalProblem:
-    problem_id: str
-    problem: str
-    answer: str
-
-
-@dataclass(frozen=True)
-class EvalSet:
-    name: str
-    problems: tuple[EvalProblem, ...]
-    skipped: int = 0  # rows whose gold answer cannot grade a prediction
-    source: str = ""
 
 
 def parse_eval_sets(spec: str, variable: str = "SIGMA_EVAL_SETS") -> list[tuple[str, str]]:
@@ -84,13 +66,11 @@ def parse_eval_sets(spec: str, variable: str = "SIGMA_EVAL_SETS") -> list[tuple[
 def load_eval_set(
     name: str, source: str, checker: AnswerChecker, storage_options: Mapping[str, Any] | None = None
 ) -> EvalSet:
-    """A benchmark file in the MATH, GSM8K or plain problem/answer layout, gold answers vetted."""
+    """A benchmark file in its published layout (`benchmarks`), gold answers vetted."""
     try:
-        loaded = load_problems(source, storage_options=storage_options, checker=checker)
-    except Exception as exc:
+        return load_benchmark(name, source, checker, storage_options)
+    except EvalSetError as exc:
         raise EvalSetError(f"evaluation set {name} ({source}): {exc}") from exc
-    problems = tuple(EvalProblem(p.problem_id, p.problem, p.answer) for p in loaded.problems)
-    return EvalSet(name, problems, skipped=len(loaded.skipped), source=source)
 
 
 def bundled_eval_set(count: int, exclude_texts: Iterable[str] = ()) -> EvalSet:
@@ -134,7 +114,7 @@ def score_completions(
             f"{eval_set.name}: {len(completions)} completions for {len(eval_set.problems)} problems"
         )
     predictions = [extract_answer(text) for text in completions]
-    verdicts = check_many([(p.answer, pred) for p, pred in zip(eval_set.problems, predictions, strict=True)])
+    verdicts = grade(eval_set.problems, predictions, check_many)
     return [
         ScoredAnswer(model, eval_set.name, p.problem_id, p.answer, pred, ok, text)
         for p, pred, ok, text in zip(eval_set.problems, predictions, verdicts, completions, strict=True)

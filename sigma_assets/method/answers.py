@@ -28,7 +28,9 @@ _NUMBER_PATTERN = (
 )
 _NUMBER_RE = re.compile(_NUMBER_PATTERN)
 _COMMA_NUMBER_RE = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
-_NUMBER_THEN_WORDS_RE = re.compile(rf"({_NUMBER_PATTERN})\s+[A-Za-z]")
+# "42 apples", "8 apples in all", "3.5 km/h": a number, then words only (a first word of one letter may be
+# a variable: "9 x" is 9x).
+_NUMBER_THEN_WORDS_RE = re.compile(rf"({_NUMBER_PATTERN})\s+[A-Za-z]{{2,}}[A-Za-z/\s]*$")
 _MATH_SPAN_RE = re.compile(r"\$\$(.+?)\$\$|\$(.+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]")
 
 

@@ -96,8 +96,9 @@ _LEAD_IN_RES = [
     re.compile(r"^the (?:\w+ )?\w+ (?:is|equals) (?:equal to )?(?P<x>.+)$", re.I | re.S),
 ]
 _LIST_WORD_RE = re.compile(r",?\s+(?:and|or)\s+", re.I)
-_NUMBER = r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?"
-_COUNTED_RE = re.compile(rf"^(?P<x>{_NUMBER})\s*(?P<words>[A-Za-z][A-Za-z\s-]*?)(?:\^\{{?[23]\}}?)?$")
+_NUMBER = r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:\s*/\s*\d+)?"
+# "2 inequalities", "18 cm^2", "2,365,200,000 beats/lifetime"
+_COUNTED_RE = re.compile(rf"^(?P<x>{_NUMBER})\s*(?P<words>[A-Za-z][A-Za-z\s/-]*?)(?:\^\{{?[23]\}}?)?$")
 # Words after a number that change its value rather than name what it counts.
 # fmt: off
 _OPERATOR_WORDS = frozenset({
@@ -243,13 +244,19 @@ def _join_listed(form: str) -> str:
 
 
 def _drop_units(form: str) -> str:
+    """Units after each value of a list too: "10 / 49 meters, 20 / 49 seconds" -> "10 / 49, 20 / 49"."""
+    parts = _top_level_split(form, re.compile(r",\s+"))
+    return ", ".join(_drop_unit(part) for part in parts) if len(parts) > 1 else _drop_unit(form)
+
+
+def _drop_unit(form: str) -> str:
     form = re.sub(r"^\\?\$\s*(?=\d)", "", form)  # a currency sign before the amount
     unit = _LATEX_UNIT_RE.match(form)
     if unit and not prose_word(unit.group("x")):
         form = unit.group("x").strip()
     counted = _COUNTED_RE.match(form)
     if counted:
-        words = counted.group("words").lower().split()
+        words = re.split(r"[\s/]+", counted.group("words").lower().strip())
         # A one-letter word may be a variable ("3 times x", "5 m"): then the meaning is not clear.
         if words and words[0] not in _OPERATOR_WORDS and all(len(w) >= 2 for w in words):
             form = counted.group("x")

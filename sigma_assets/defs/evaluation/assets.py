@@ -5,6 +5,7 @@ from contextlib import ExitStack
 import dagster as dg
 import polars as pl
 
+from sigma_assets.defs.evaluation.resources import EvaluationResource
 from sigma_assets.defs.shared.k8s import k8s_op_tags
 from sigma_assets.defs.shared.resources import StorageResource
 from sigma_assets.defs.training.assets import VARIANTS, finetuned_model, read_heldout, sft_dataset
@@ -17,24 +18,6 @@ from sigma_assets.method.grading import AnswerChecker
 from sigma_assets.settings import BUNDLED_SMOLLM2
 from sigma_assets.training.charts import grouped_bars_png, markdown_image
 from sigma_assets.training.model_files import local_model_dir, training_run
-
-
-class EvaluationResource(dg.ConfigurableResource):
-    """SIGMA_EVAL_SETS (`name=path,...`: MATH, GSM8K or plain problem/answer jsonl/parquet files) and the
-    backend that decodes: `transformers` (in process), `vllm` (in-process engine) or `openai` (a
-    server that serves each model under its folder path, as `vllm serve <folder>` does)."""
-
-    eval_sets: str = ""
-    backend: str = "transformers"
-    base_url: str | None = None
-    max_batch: int = 32
-
-    def sets(self, checker: AnswerChecker, storage_options: dict) -> list[scoring.EvalSet]:
-        try:
-            pairs = scoring.parse_eval_sets(self.eval_sets)
-            return [scoring.load_eval_set(n, p, checker, storage_options) for n, p in pairs]
-        except scoring.EvalSetError as exc:
-            raise dg.Failure(str(exc)) from exc
 
 
 class EvalConfig(dg.Config):
@@ -127,7 +110,12 @@ def eval_scores(
             ),
             "benchmarks": dg.MetadataValue.json(
                 {
-                    s.name: {"problems": len(s.problems), "skipped_gold": s.skipped, "source": s.source}
+                    s.name: {
+                        "problems": len(s.problems),
+                        "skipped_gold": len(s.skipped),
+                        "layout": s.layout,
+                        "source": s.source,
+                    }
                     for s in sets
                 }
             ),

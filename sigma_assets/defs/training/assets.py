@@ -22,14 +22,17 @@ import polars as pl
 from dagster._core.errors import DagsterPipesExecutionError
 
 from sigma_assets.data.storage import StorageRoot, write_atomic
+from sigma_assets.defs.evaluation.resources import EvaluationResource
 from sigma_assets.defs.shared.k8s import k8s_op_tags
 from sigma_assets.defs.shared.partitions import ONE_RUN_PER_PARTITION
 from sigma_assets.defs.shared.resources import StorageResource
 from sigma_assets.defs.training.resources import TrainingResource
+from sigma_assets.evaluation.scoring import HELDOUT_BENCHMARK
 from sigma_assets.method.grading import AnswerChecker
 from sigma_assets.method.previews import render_chat_samples_markdown
 from sigma_assets.training import sft_data
 from sigma_assets.training.charts import histogram_png, line_png, markdown_image
+from sigma_assets.training.decontamination import EvalIndex, decontaminate
 from sigma_assets.training.model_files import local_model_dir, model_path, reload_and_generate
 from sigma_assets.training.profiles import TrainingProfile, profile
 from sigma_assets.training.train import TRAINING_RUN_FILE, TrainingSpec
@@ -99,6 +102,7 @@ def sft_dataset(
     raw_problems: dict[str, pl.DataFrame],
     storage: StorageResource,
     training: TrainingResource,
+    evaluation: EvaluationResource,
 ) -> pl.DataFrame:
     variant = context.partition_key
     root = storage.root()
@@ -111,6 +115,14 @@ def sft_dataset(
         records += sft_data.path_records(frame, problems, variant, shard, temperature)
     heldout = sft_data.heldout_ids(problems, config.heldout_share)
     with AnswerChecker(timeout_s=config.answer_timeout_s) as checker:
+        # No problem of an evaluation set (each SIGMA_EVAL_SETS file, and the held-out slice) is trained on.
+        index = EvalIndex()
+        index.add(HELDOUT_BENCHMARK, (problems[pid][0] for pid in sorted(heldout)))
+        for eval_set in evaluation.sets(checker, root.storage_options):
+            index.add(eval_set.name, (p.problem for p in eval_set.problems))
+        training_problems = [(r.problem_id, r.problem) for r in records if r.problem_id not in heldout]
+        removed = decontaminate(training_problems, index)
+        records = [r for r in records if r.problem_id not in removed.problem_ids]
         build = sft_data.build_sft(
             records, variant, checker.check_many, heldout, cap=config.max_samples, seed=config.seed
         )
@@ -137,6 +149,9 @@ def sft_dataset(
             "heldout_problems": dg.MetadataValue.json(sorted(heldout)),
             "heldout_paths_excluded": build.heldout_paths,
             "heldout_path": dg.MetadataValue.path(str(heldout_path(root, variant))),
+            # Training problems that overlap an evaluation set (same text, or a shared 8-word run).
+            "decontaminated_per_set": dg.MetadataValue.json(removed.counts),
+            "decontaminated_problems": dg.MetadataValue.json(removed.removed),
             "partitions_read": len(refined_paths),
             "length_histogram": dg.MetadataValue.md(
                 markdown_image(histogram_png(lengths, f"{variant}: tokens per sample", "tokens"), "lengths")
