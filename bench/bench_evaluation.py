@@ -22,7 +22,7 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=64)
     args = parser.parse_args()
     eval_set = scoring.bundled_eval_set(args.problems)
-    requests = scoring.eval_requests(eval_set.problems, args.max_tokens)
+    requests = scoring.eval_requests(eval_set.problems, scoring.Decoding(max_tokens=args.max_tokens))
     timings, texts = {}, {}
     # No response store: both sides generate every answer.
     with LLMClient(build_backend("transformers", args.model, max_batch=args.problems)) as client:

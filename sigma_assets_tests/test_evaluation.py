@@ -98,6 +98,7 @@ def test_accuracy_table_and_ablation_deltas():
         "problems": 4,
         "correct": 3,
         "accuracy": 0.75,
+        **dict.fromkeys(("samples", "pass@1", "pass@1_se", "maj@k", "pass@k")),  # greedy only
     }
     assert scoring.ablation_deltas(table) == {
         "b": {"sigma - mcts": 25.0, "sigma - base": 50.0, "mcts - base": 25.0}
@@ -134,3 +135,39 @@ def test_eval_scores_scores_base_and_both_variants(trained, tiny_model_dir: Path
     assert check.check_name == "finetuned_not_below_base"
     # Each model's answers are cached under its own store, keyed by the training run for fine-tunes.
     assert sorted(p.name for p in (root / "responses" / "eval").iterdir()) == ["base", "mcts", "sigma"]
+
+
+def test_sampled_metrics_stored_completions_and_regrading(trained, tiny_model_dir: Path):  # noqa: F811
+    root = trained["root"]
+    instance = dg.DagsterInstance.ephemeral()
+    config = {"max_tokens": 8, "bundled_problems": 4, "samples": 2}
+
+    def run():
+        result = dg.materialize(
+            [*TRAINING_ASSETS, eval_scores],
+            selection=dg.AssetSelection.assets(eval_scores),
+            resources={**resources(root, tiny_model_dir), "evaluation": EvaluationResource(max_batch=8)},
+            run_config={"ops": {"eval_scores": {"config": config}}},
+            instance=instance,
+        )
+        return result.output_for_node("eval_scores"), result.asset_materializations_for_node("eval_scores")[
+            0
+        ].metadata
+
+    table, metadata = run()
+    assert set(table["samples"]) == {2}
+    assert table["pass@1"].is_between(0, 1).all() and (table["pass@1_se"] >= 0).all()
+    assert (table["pass@k"] >= table["pass@1"]).all()
+    assert "pass@1 (k=2)" in metadata["accuracy_table"].value
+    assert all(t["requests_generated"] > 0 for t in metadata["throughput"].value.values())
+    stored = pl.read_parquet(root / "eval" / "sigma" / "arithmetic-unseen.parquet")
+    assert stored.height == 4 * 3  # a greedy answer and two samples per problem
+    assert sorted(set(stored["sample"])) == [0, 1, 2]
+
+    # A grade written before is never read back: a tampered verdict is graded again, not reused.
+    tampered = stored.with_columns(~pl.col("correct"))
+    tampered.write_parquet(root / "eval" / "sigma" / "arithmetic-unseen.parquet")
+    again, rerun = run()
+    assert all(t["requests_generated"] == 0 for t in rerun["throughput"].value.values())  # nothing generated
+    assert again.equals(table)
+    assert pl.read_parquet(root / "eval" / "sigma" / "arithmetic-unseen.parquet").equals(stored)

@@ -11,6 +11,7 @@ No Dagster imports.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ import polars as pl
 from sigma_assets.data.arithmetic import arithmetic_problems
 from sigma_assets.evaluation.answer_check import grade
 from sigma_assets.evaluation.benchmarks import EvalProblem, EvalSet, EvalSetError, load_benchmark
+from sigma_assets.evaluation.metrics import SampledAnswer, sampled_metrics
 from sigma_assets.llm.generation import GenerationRequest, Sample, SamplingParams, user
 from sigma_assets.method.answers import extract_answer
 from sigma_assets.method.grading import AnswerChecker
@@ -36,8 +38,15 @@ TABLE_SCHEMA = {
     "benchmark": pl.String,
     "problems": pl.Int64,
     "correct": pl.Int64,
-    "accuracy": pl.Float64,
+    "accuracy": pl.Float64,  # greedy
+    # With `samples: k` (else null): pass@1 averaged over k samples and its standard error, maj@k, pass@k.
+    "samples": pl.Int64,
+    "pass@1": pl.Float64,
+    "pass@1_se": pl.Float64,
+    "maj@k": pl.Float64,
+    "pass@k": pl.Float64,
 }
+GREEDY = 0  # the `sample` of a greedy answer; sampled answers are 1..k
 _SET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 Generate = Callable[[Sequence[GenerationRequest]], list[list[Sample]]]
@@ -89,9 +98,40 @@ def bundled_eval_set(count: int, exclude_texts: Iterable[str] = ()) -> EvalSet:
     return EvalSet(BUNDLED_BENCHMARK, tuple(problems), source="bundled")
 
 
-def eval_requests(problems: Sequence[EvalProblem], max_tokens: int) -> list[GenerationRequest]:
-    params = SamplingParams(n=1, temperature=0.0, max_tokens=max_tokens)
-    return [GenerationRequest(messages=user(student_prompt(p.problem)), params=params) for p in problems]
+@dataclass(frozen=True)
+class Decoding:
+    """Greedy decoding, and with `samples` > 0 also that many samples per problem (NeMo-Skills' and the
+    Qwen2.5-Math harness's defaults: temperature 0.7, top-p 0.95), seeded per problem."""
+
+    max_tokens: int
+    samples: int = 0
+    temperature: float = 0.7
+    top_p: float = 0.95
+    seed: int = 0
+
+
+def eval_requests(problems: Sequence[EvalProblem], decoding: Decoding) -> list[GenerationRequest]:
+    """Per problem its greedy request, then (with samples) its sampled one."""
+    greedy = SamplingParams(n=1, temperature=0.0, max_tokens=decoding.max_tokens)
+    requests = []
+    for p in problems:
+        messages = user(student_prompt(p.problem))
+        requests.append(GenerationRequest(messages=messages, params=greedy))
+        if decoding.samples:
+            sampled = SamplingParams(
+                n=decoding.samples,
+                temperature=decoding.temperature,
+                top_p=decoding.top_p,
+                max_tokens=decoding.max_tokens,
+                seed=_problem_seed(decoding.seed, p.problem_id),
+            )
+            requests.append(GenerationRequest(messages=messages, params=sampled))
+    return requests
+
+
+def _problem_seed(seed: int, problem_id: str) -> int:
+    digest = hashlib.sha256(f"{seed}\x1f{problem_id}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
 @dataclass(frozen=True)
@@ -103,50 +143,113 @@ class ScoredAnswer:
     prediction: str | None
     correct: bool
     completion: str
+    sample: int = GREEDY
 
 
 def score_completions(
-    model: str, eval_set: EvalSet, completions: Sequence[str], check_many: CheckMany
+    model: str,
+    eval_set: EvalSet,
+    completions: Sequence[str],
+    check_many: CheckMany,
+    samples: Sequence[int] | None = None,
+    problems: Sequence[EvalProblem] | None = None,
 ) -> list[ScoredAnswer]:
-    """Extract each completion's answer and check it against the gold answer (gold first)."""
-    if len(completions) != len(eval_set.problems):
-        raise ValueError(
-            f"{eval_set.name}: {len(completions)} completions for {len(eval_set.problems)} problems"
-        )
+    """Extract each completion's answer and grade it against its problem's gold answer.
+
+    By default one greedy completion per problem of `eval_set`, in order; `problems` and `samples` name
+    the problem and sample of each completion otherwise."""
+    problems = list(eval_set.problems if problems is None else problems)
+    samples = [GREEDY] * len(problems) if samples is None else list(samples)
+    if not len(completions) == len(problems) == len(samples):
+        raise ValueError(f"{eval_set.name}: {len(completions)} completions for {len(problems)} problems")
     predictions = [extract_answer(text) for text in completions]
-    verdicts = grade(eval_set.problems, predictions, check_many)
+    verdicts = grade(problems, predictions, check_many)
     return [
-        ScoredAnswer(model, eval_set.name, p.problem_id, p.answer, pred, ok, text)
-        for p, pred, ok, text in zip(eval_set.problems, predictions, verdicts, completions, strict=True)
+        ScoredAnswer(model, eval_set.name, p.problem_id, p.answer, pred, ok, text, sample)
+        for p, pred, ok, text, sample in zip(
+            problems, predictions, verdicts, completions, samples, strict=True
+        )
     ]
 
 
 def evaluate(
-    model: str, generate: Generate, eval_sets: Sequence[EvalSet], check_many: CheckMany, max_tokens: int
-) -> list[ScoredAnswer]:
-    """Greedy answers of one model to every set, generated in one batch and scored."""
-    problems = [p for s in eval_sets for p in s.problems]
-    samples = generate(eval_requests(problems, max_tokens)) if problems else []
-    texts = [request_samples[0].text for request_samples in samples]
-    scored: list[ScoredAnswer] = []
-    start = 0
+    model: str,
+    generate: Generate,
+    eval_sets: Sequence[EvalSet],
+    check_many: CheckMany,
+    decoding: Decoding,
+    stored: Mapping[tuple[str, str, int], str] | None = None,
+) -> tuple[list[ScoredAnswer], int]:
+    """Every answer of one model to every set, greedy and sampled, scored: the completions in `stored`
+    ((benchmark, problem_id, sample) -> text) are re-graded, the rest generated in one batch.
+
+    Returns the answers and how many requests were generated."""
+    stored = stored or {}
+    wanted: list[tuple[EvalSet, EvalProblem, GenerationRequest, list[int]]] = []
     for eval_set in eval_sets:
-        end = start + len(eval_set.problems)
-        scored += score_completions(model, eval_set, texts[start:end], check_many)
-        start = end
-    return scored
+        requests = iter(eval_requests(eval_set.problems, decoding))
+        for problem in eval_set.problems:
+            groups = [[GREEDY]] + ([list(range(1, decoding.samples + 1))] if decoding.samples else [])
+            for samples in groups:
+                request = next(requests)
+                if any((eval_set.name, problem.problem_id, s) not in stored for s in samples):
+                    wanted.append((eval_set, problem, request, samples))
+    responses = generate([request for _, _, request, _ in wanted]) if wanted else []
+    texts = dict(stored)
+    for (eval_set, problem, _, samples), response in zip(wanted, responses, strict=True):
+        for sample, generated in zip(samples, response, strict=True):
+            texts[(eval_set.name, problem.problem_id, sample)] = generated.text
+    scored: list[ScoredAnswer] = []
+    for eval_set in eval_sets:
+        keys = [(problem, sample) for problem in eval_set.problems for sample in range(decoding.samples + 1)]
+        scored += score_completions(
+            model,
+            eval_set,
+            [texts[(eval_set.name, p.problem_id, sample)] for p, sample in keys],
+            check_many,
+            samples=[sample for _, sample in keys],
+            problems=[p for p, _ in keys],
+        )
+    return scored, len(wanted)
 
 
 def accuracy_table(scored: Iterable[ScoredAnswer]) -> pl.DataFrame:
-    """One row per (model, benchmark): problems, correct, accuracy."""
+    """One row per (model, benchmark): greedy problems, correct and accuracy, and the sampled metrics."""
+    scored = list(scored)
+    greedy = [s for s in scored if s.sample == GREEDY]
     frame = pl.DataFrame(
-        [{"model": s.model, "benchmark": s.benchmark, "correct": s.correct} for s in scored],
+        [{"model": s.model, "benchmark": s.benchmark, "correct": s.correct} for s in greedy],
         schema={"model": pl.String, "benchmark": pl.String, "correct": pl.Boolean},
     )
     table = frame.group_by("model", "benchmark", maintain_order=True).agg(
         pl.len().cast(pl.Int64).alias("problems"), pl.col("correct").sum().cast(pl.Int64).alias("correct")
     )
     table = table.with_columns((pl.col("correct") / pl.col("problems")).alias("accuracy"))
+    sampled: dict[tuple[str, str], list[SampledAnswer]] = {}
+    for s in scored:
+        if s.sample != GREEDY:
+            sampled.setdefault((s.model, s.benchmark), []).append(
+                SampledAnswer(s.problem_id, s.prediction, s.correct)
+            )
+    rows = []
+    for (model, benchmark), answers in sampled.items():
+        m = sampled_metrics(answers)
+        rows.append(
+            {
+                "model": model,
+                "benchmark": benchmark,
+                "samples": m.samples,
+                "pass@1": m.pass_at_1,
+                "pass@1_se": m.pass_at_1_se,
+                "maj@k": m.maj_at_k,
+                "pass@k": m.pass_at_k,
+            }
+        )
+    metrics_schema = {
+        k: TABLE_SCHEMA[k]
+        for k in ("model", "benchmark", "samples", "pass@1", "pass@1_se", "maj@k", "pass@k")
+    }
+    table = table.join(pl.DataFrame(rows, schema=metrics_schema), on=["model", "benchmark"], how="left")
     return table.select(list(TABLE_SCHEMA)).cast(TABLE_SCHEMA)
 
 
@@ -164,18 +267,30 @@ def ablation_deltas(table: pl.DataFrame) -> dict[str, dict[str, float]]:
 
 
 def format_table(table: pl.DataFrame) -> str:
-    """The accuracy table as aligned text: one line per benchmark, one column per model."""
+    """The accuracy table as aligned text: one line per benchmark, one column per model; greedy accuracy,
+    then (with samples) pass@1 ± its standard error, maj@k and pass@k."""
     models = [m for m in MODELS if m in set(table["model"])] + sorted(set(table["model"]) - set(MODELS))
     rows = {(r["model"], r["benchmark"]): r for r in table.iter_rows(named=True)}
     benchmarks = list(dict.fromkeys(table["benchmark"].to_list()))
-    width = max([len("benchmark"), *(len(b) for b in benchmarks)])
+    sampled = table["samples"].drop_nulls().unique().to_list()
+    metrics: list[tuple[str, Callable[[dict], str]]] = [
+        ("greedy", lambda r: f"{r['correct']:>3}/{r['problems']:<3} {100 * r['accuracy']:5.1f}%")
+    ]
+    if sampled:
+        k = ",".join(str(v) for v in sorted(sampled))
+        metrics += [
+            (f"pass@1 (k={k})", lambda r: f"{100 * r['pass@1']:5.1f} ± {100 * r['pass@1_se']:4.1f}"),
+            (f"maj@{k}", lambda r: f"{100 * r['maj@k']:5.1f}%"),
+            (f"pass@{k}", lambda r: f"{100 * r['pass@k']:5.1f}%"),
+        ]
+    width = max([len("benchmark"), *(len(f"{b} {m}") for b in benchmarks for m, _ in metrics)])
     lines = [f"{'benchmark':<{width}}  " + "  ".join(f"{m:>14}" for m in models)]
     for benchmark in benchmarks:
-        cells = []
-        for model in models:
-            r = rows.get((model, benchmark))
-            cells.append(
-                f"{r['correct']:>3}/{r['problems']:<3} {100 * r['accuracy']:5.1f}%" if r else " " * 14
-            )
-        lines.append(f"{benchmark:<{width}}  " + "  ".join(f"{c:>14}" for c in cells))
+        for name, cell in metrics:
+            label = benchmark if len(metrics) == 1 else f"{benchmark} {name}"
+            cells = []
+            for model in models:
+                r = rows.get((model, benchmark))
+                cells.append(cell(r) if r and (name == "greedy" or r["samples"]) else " " * 14)
+            lines.append(f"{label:<{width}}  " + "  ".join(f"{c:>14}" for c in cells))
     return "\n".join(lines)

@@ -40,15 +40,22 @@ def line_png(points: Sequence[tuple[float, float]], title: str, xlabel: str, yla
     return _png(fig)
 
 
-def grouped_bars_png(values: Mapping[str, Mapping[str, float]], title: str, ylabel: str) -> bytes:
-    """`values[group][series]`: one cluster of bars per group (benchmark), one bar per series (model)."""
+def grouped_bars_png(
+    values: Mapping[str, Mapping[str, float]],
+    title: str,
+    ylabel: str,
+    errors: Mapping[str, Mapping[str, float]] | None = None,
+) -> bytes:
+    """`values[group][series]`: one cluster of bars per group (benchmark), one bar per series (model),
+    with an error bar of `errors[group][series]` where given."""
     groups = list(values)
     series = sorted({s for g in values.values() for s in g}, key=str)
     width = 0.8 / max(1, len(series))
     fig, ax = plt.subplots(figsize=(max(4, 1.5 * len(groups) + 2), 3))
     for i, name in enumerate(series):
         xs = [g + (i - (len(series) - 1) / 2) * width for g in range(len(groups))]
-        ax.bar(xs, [values[g].get(name, 0.0) for g in groups], width, label=name)
+        yerr = [(errors or {}).get(g, {}).get(name, 0.0) for g in groups] if errors else None
+        ax.bar(xs, [values[g].get(name, 0.0) for g in groups], width, label=name, yerr=yerr, capsize=3)
     ax.set_xticks(range(len(groups)), groups)
     ax.set(title=title, ylabel=ylabel)
     ax.legend()

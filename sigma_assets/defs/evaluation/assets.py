@@ -1,6 +1,8 @@
-"""eval_scores: the untuned base model and both fine-tuned variants on every benchmark, greedy."""
+"""eval_scores: the untuned base model and both fine-tuned variants on every benchmark, greedy and sampled."""
 
+import time
 from contextlib import ExitStack
+from dataclasses import asdict
 
 import dagster as dg
 import polars as pl
@@ -11,6 +13,7 @@ from sigma_assets.defs.shared.resources import StorageResource
 from sigma_assets.defs.training.assets import VARIANTS, finetuned_model, read_heldout, sft_dataset
 from sigma_assets.defs.training.resources import TrainingResource
 from sigma_assets.evaluation import scoring
+from sigma_assets.evaluation.completions import read_stored, write_completions
 from sigma_assets.llm.client import LLMClient
 from sigma_assets.llm.models import build_backend
 from sigma_assets.llm.response_store import ResponseStore
@@ -21,9 +24,14 @@ from sigma_assets.training.model_files import local_model_dir, training_run
 
 
 class EvalConfig(dg.Config):
-    """Greedy decoding budget, and the bundled unseen set (used when SIGMA_EVAL_SETS is empty)."""
+    """Greedy decoding budget; `samples: k` adds k sampled answers per problem (pass@1 with its standard
+    error, maj@k, pass@k); the bundled unseen set is used when SIGMA_EVAL_SETS is empty."""
 
     max_tokens: int = 256
+    samples: int = 0
+    sample_temperature: float = 0.7
+    top_p: float = 0.95
+    seed: int = 0
     bundled_problems: int = 8
     answer_timeout_s: float = 5.0
 
@@ -71,8 +79,11 @@ def eval_scores(
             seen = [t for frame in raw_problems.values() for t in frame["problem"].to_list()]
             sets.append(scoring.bundled_eval_set(config.bundled_problems, exclude_texts=seen))
 
+        decoding = scoring.Decoding(
+            max_tokens, config.samples, config.sample_temperature, config.top_p, config.seed
+        )
         scored: list[scoring.ScoredAnswer] = []
-        evaluated = {}
+        evaluated, throughput, kept = {}, {}, {}
         for model in scoring.MODELS:
             with ExitStack() as stack:
                 if model == "base":
@@ -84,21 +95,35 @@ def eval_scores(
                     evaluation.backend, folder, base_url=evaluation.base_url, max_batch=evaluation.max_batch
                 )
                 store = ResponseStore(root.path(), f"eval/{model}/{_safe(fingerprint)}").load()
-                client = stack.enter_context(LLMClient(backend, store))
+                client = stack.enter_context(LLMClient(backend, store, evaluation.concurrency))
+                stored = read_stored(root, model, fingerprint, decoding, sets)
+                timed = _Timed(client.generate)
                 context.log.info(
-                    f"evaluating {model} ({folder}) on {sum(len(s.problems) for s in sets)} problems"
+                    f"evaluating {model} ({folder}) on {sum(len(s.problems) for s in sets)} problems, "
+                    f"{len(stored)} completions stored"
                 )
-                scored += scoring.evaluate(model, client.generate, sets, checker.check_many, max_tokens)
+                answers, generated = scoring.evaluate(
+                    model, timed, sets, checker.check_many, decoding, stored=stored
+                )
+                kept[model] = write_completions(root, model, fingerprint, decoding, answers)
+                scored += answers
                 evaluated[model] = folder
+                throughput[model] = {
+                    "requests_generated": generated,
+                    "completions_reused": len(stored),
+                    "seconds": round(timed.seconds, 3),
+                    "problems_per_s": round(generated / timed.seconds, 3) if timed.seconds else None,
+                }
     table = scoring.accuracy_table(scored)
     deltas = scoring.ablation_deltas(table)
-    bars = {
-        b: {
-            r["model"]: 100 * r["accuracy"]
-            for r in table.filter(pl.col("benchmark") == b).iter_rows(named=True)
-        }
-        for b in dict.fromkeys(table["benchmark"].to_list())
-    }
+    # Sampled pass@1 with its standard error where there are samples, else greedy accuracy.
+    sampled = config.samples > 0
+    metric = "pass@1" if sampled else "accuracy"
+    bars, errors = {}, {}
+    for b in dict.fromkeys(table["benchmark"].to_list()):
+        rows = list(table.filter(pl.col("benchmark") == b).iter_rows(named=True))
+        bars[b] = {r["model"]: 100 * r[metric] for r in rows}
+        errors[b] = {r["model"]: 100 * r["pass@1_se"] for r in rows} if sampled else {}
     wrong = [s for s in scored if not s.correct][:6]
     context.add_output_metadata(
         {
@@ -106,8 +131,19 @@ def eval_scores(
             "accuracy_table": dg.MetadataValue.md(f"```\n{scoring.format_table(table)}\n```"),
             "ablation_delta_points": dg.MetadataValue.json(deltas),
             "accuracy_chart": dg.MetadataValue.md(
-                markdown_image(grouped_bars_png(bars, "accuracy by benchmark", "accuracy (%)"), "accuracy")
+                markdown_image(
+                    grouped_bars_png(
+                        bars,
+                        f"pass@1 over {config.samples} samples (± 1 s.e.)" if sampled else "greedy accuracy",
+                        f"{metric} (%)",
+                        errors=errors,
+                    ),
+                    "accuracy",
+                )
             ),
+            "decoding": dg.MetadataValue.json(asdict(decoding)),
+            "throughput": dg.MetadataValue.json(throughput),
+            "completions": dg.MetadataValue.json(kept),
             "benchmarks": dg.MetadataValue.json(
                 {
                     s.name: {
@@ -130,6 +166,21 @@ def eval_scores(
         }
     )
     return table
+
+
+class _Timed:
+    """A `generate` that adds up the seconds it spends."""
+
+    def __init__(self, generate):
+        self.generate = generate
+        self.seconds = 0.0
+
+    def __call__(self, requests):
+        started = time.perf_counter()
+        try:
+            return self.generate(requests)
+        finally:
+            self.seconds += time.perf_counter() - started
 
 
 def _safe(name: str) -> str:

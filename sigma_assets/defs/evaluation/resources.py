@@ -15,6 +15,8 @@ class EvaluationResource(dg.ConfigurableResource):
     backend: str = "transformers"
     base_url: str | None = None
     max_batch: int = 32
+    # Requests in flight at once: a server batches what it has, so send the whole set in one stream.
+    concurrency: int = 256
 
     def sets(self, checker: AnswerChecker, storage_options: dict) -> list[scoring.EvalSet]:
         try:
