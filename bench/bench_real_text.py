@@ -20,6 +20,7 @@ from sigma_assets.testing.real_text import (
     VARIANT_REASONS,
     GradedText,
     SourceFigures,
+    evaluation_agreement,
     load_graded_texts,
     measure,
     tree_paths_kept,
@@ -116,8 +117,16 @@ def main() -> None:
     with AnswerChecker(workers=2) as checker:
         results = measure(checker.check_many)
         reached, not_kept = tree_paths_kept(checker.check_many)
+        agreement = evaluation_agreement(checker.check_many)
     flags = [e for group in load_graded_texts().values() for s in group if (e := false_equation(s.text))]
-    report(figures_section(results, flags, (reached - len(not_kept), reached)), args.write, HEADING)
+    lines = figures_section(results, flags, (reached - len(not_kept), reached))
+    lines.insert(
+        -1,
+        "Evaluation grading (`extract_answer`, then the gold's kind) against each source's own grader: "
+        + "; ".join(f"{source} {dict(counts)}" for source, counts in agreement.items())
+        + ".",
+    )
+    report(lines, args.write, HEADING)
     if args.report:
         args.report.write_text(report_text(results))
 

@@ -197,7 +197,9 @@ def _theoremqa_gold(record: dict) -> Gold:
         return Gold(str(answer), "bool", **strict)
     if kind == "option":
         return Gold(_text(answer), "option", **strict)
-    if kind in ("integer", "float"):
+    if kind == "integer":
+        return Gold(_text(answer), "number", tolerance=0.0, **strict)
+    if kind == "float":
         return Gold(_text(answer), "number", tolerance=THEOREMQA_TOLERANCE, **strict)
     if kind.startswith("list"):
         values = answer if isinstance(answer, list) else ast.literal_eval(_text(answer))
@@ -338,6 +340,21 @@ def _typed(gold: Gold) -> tuple[Gold, str | None]:
             raise RowSkipped(f"not a number: {gold.published!r}")
         return gold, value
     return gold, None
+
+
+def theoremqa_problem(problem_id: str, question: str, answer: Any, answer_type: str) -> EvalProblem:
+    """One TheoremQA problem typed as its layout types it (for graded outputs stored apart from the file)."""
+    gold, stored = _typed(_theoremqa_gold({"answer": answer, "answer_type": answer_type}))
+    return EvalProblem(
+        problem_id,
+        question,
+        stored if stored is not None else normalize_gold(gold.published).answer or gold.published,
+        gold.kind,
+        gold.published,
+        gold.unit,
+        gold.tolerance,
+        gold.percent_scaled,
+    )
 
 
 def load_benchmark(

@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sigma_assets.evaluation.answer_check import grade
+from sigma_assets.evaluation.benchmarks import EvalProblem, theoremqa_problem
 from sigma_assets.llm.generation import Sample
 from sigma_assets.method.answers import extract_answer, extract_boxed, final_answer
 from sigma_assets.method.degeneration import prose_words
@@ -108,6 +110,29 @@ def tree_paths_kept(check_many: CheckMany, directory: Path = REAL_OUTPUTS) -> tu
     right = [(text, gold) for (_, text, gold), ok in zip(paths, reached, strict=True) if ok]
     kept = check_many([(gold, final_answer(text).answer) for text, gold in right])
     return len(right), [text for (text, _), ok in zip(right, kept, strict=True) if not ok]
+
+
+def eval_problems(samples: Sequence[GradedText], directory: Path = REAL_OUTPUTS) -> list[EvalProblem]:
+    """Each sample's gold as the evaluation grades it: TheoremQA's typed from its `answer_type` as
+    `benchmarks` types them, the MATH sources' as mathematics."""
+    if not samples or samples[0].source != "theoremqa":
+        return [EvalProblem(s.key, s.problem, s.gold) for s in samples]
+    types = {str(i): r["answer_type"] for i, r in enumerate(_jsonl(directory / "theoremqa_gpt-4_a.jsonl"))}
+    return [theoremqa_problem(s.key, s.problem, s.gold, types[s.key]) for s in samples]
+
+
+def evaluation_agreement(check_many: CheckMany, directory: Path = REAL_OUTPUTS) -> dict[str, Counter[str]]:
+    """How this project's evaluation grading (`extract_answer`, then the gold's kind) agrees with each
+    source's own grader, per source: counts of "both right", "both wrong", "only source", "only ours".
+    TheoremQA's golds are typed from its `answer_type` as `benchmarks` types them."""
+    out: dict[str, Counter[str]] = {}
+    for source, samples in load_graded_texts(directory).items():
+        ours = grade(eval_problems(samples, directory), [extract_answer(s.text) for s in samples], check_many)
+        names = {(True, True): "both right", (False, False): "both wrong", (True, False): "only source"}
+        out[source] = Counter(
+            names.get((s.source_correct, o), "only ours") for s, o in zip(samples, ours, strict=True)
+        )
+    return out
 
 
 def steps_of(text: str) -> list[str]:
@@ -230,9 +255,10 @@ def measure_source(samples: Sequence[GradedText], check_many: CheckMany, seed: i
     figures = SourceFigures(
         source, samples=len(samples), source_correct=sum(s.source_correct for s in samples)
     )
-    evaluated = check_many([(s.gold, extract_answer(s.text)) for s in samples])
+    problems = eval_problems(samples)
+    evaluated = grade(problems, [extract_answer(s.text) for s in samples], check_many)
     verdicts = [final_answer(s.text) for s in samples]
-    correct = check_many([(s.gold, v.answer) for s, v in zip(samples, verdicts, strict=True)])
+    correct = grade(problems, [v.answer for v in verdicts], check_many)
     runaway = RUNAWAY_INTO_NEW_QUESTION.get(source, set())
     for sample, evaluated_ok, verdict, ok in zip(samples, evaluated, verdicts, correct, strict=True):
         kept = verdict.ok and ok
@@ -249,13 +275,18 @@ def measure_source(samples: Sequence[GradedText], check_many: CheckMany, seed: i
         else:
             figures.rejected.append((sample, verdict.reason if not verdict.ok else "wrong_answer"))
 
+    problem_of = dict(zip((s.key for s in samples), problems, strict=True))
     for sample in figures.base:
         steps = steps_of(sample.text)
         if len(steps) > MAX_DEPTH:
             continue
         figures.fit += 1
         at, reason, answer = search_terminal(steps)
-        if at == len(steps) - 1 and reason == "answer" and check_many([(sample.gold, answer)])[0]:
+        if (
+            at == len(steps) - 1
+            and reason == "answer"
+            and grade([problem_of[sample.key]], [answer], check_many)[0]
+        ):
             figures.plus_one_at_last += 1
         else:
             where = "no terminal" if at < 0 else f"step {at + 1} of {len(steps)}: {reason}"
@@ -267,7 +298,7 @@ def measure_source(samples: Sequence[GradedText], check_many: CheckMany, seed: i
         other = rng.choice([p for p in problems if p != sample.problem])
         for kind, text in degenerate_variants(sample.text, other, rng).items():
             verdict = final_answer(text)
-            still_kept = verdict.ok and check_many([(sample.gold, verdict.answer)])[0]
+            still_kept = verdict.ok and grade([problem_of[sample.key]], [verdict.answer], check_many)[0]
             outcome = "kept" if still_kept else (verdict.reason if not verdict.ok else "wrong_answer")
             figures.variants.setdefault(kind, Counter())[outcome] += 1
     return figures

@@ -218,7 +218,7 @@ class FinetuneConfig(dg.Config):
 
 def _trainer_error(context: dg.AssetExecutionContext) -> str | None:
     """The exception the trainer reported through Pipes before it exited, as its own text."""
-    records = context.instance.all_logs(context.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT)
+    records = context.instance.all_logs(context.run.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT)
     for record in reversed(records):
         event = record.dagster_event
         if event is None or event.message != PIPES_EXCEPTION:
