@@ -481,3 +481,39 @@ def test_agenerate_from_two_event_loops(server: FaultServer) -> None:
         rows = asyncio.run(client.agenerate([chat(f"loop {run} {i}") for i in range(6)]))
         assert len(rows) == 6
     assert total(server) == 12 and server.stats()["max_in_flight"] <= 2
+
+
+# -- calls given up on --------------------------------------------------------------------------------
+
+
+def test_a_closed_connection_is_a_connection_error_not_a_timeout(server: FaultServer) -> None:
+    server.configure(fault_rate=1.0, fault_kinds=("closed",))
+    with LLMClient(backend_for(server), None, retry=FAST) as client, pytest.raises(RequestFailed) as failed:
+        client.generate([chat("hello")])
+    assert failed.value.kind == "connection" and failed.value.heals
+    assert "connection lost before an answer (ServerDisconnectedError" in failed.value.reason
+
+
+def test_a_call_given_up_on_is_recorded_and_replayed_and_resent_only_on_repair(
+    server: FaultServer, tmp_path: Path
+) -> None:
+    server.configure(fault_rate=1.0, fault_kinds=("500",))
+    with LLMClient(backend_for(server), local_store(tmp_path), retry=FAST) as client:
+        with pytest.raises(RequestFailed):
+            client.generate([chat("doomed")])
+        assert client.gave_up == 1
+        assert client.record_failures() == 1  # the stage took its fallback and succeeded
+    sent = total(server)
+    assert sent == FAST.max_attempts
+    server.configure(fault_rate=0.0)
+    with LLMClient(backend_for(server), local_store(tmp_path), retry=FAST) as replay:
+        with pytest.raises(RequestFailed, match="recorded"):
+            replay.generate([chat("doomed")])
+        assert replay.gave_up == 0 and replay.record_failures() == 0  # nothing new to record
+    assert total(server) == sent  # the replay took the same branch without asking
+    with LLMClient(backend_for(server), local_store(tmp_path), retry=FAST, retry_failed=True) as repair:
+        [[sample]] = repair.generate([chat("doomed")])
+    assert sample.text and total(server) == sent + 1  # the repair asked again, once
+    with LLMClient(backend_for(server), local_store(tmp_path), retry=FAST) as after:
+        [[again]] = after.generate([chat("doomed")])
+    assert again.text == sample.text and total(server) == sent + 1  # the repaired answer now replays

@@ -262,3 +262,61 @@ def test_batch_api_mode_sends_each_stage_as_one_batch(tmp_path):
     assert metadata["critic_batch_answers_stored"].value == refined.height
     assert metadata["critic_cost_usd"].value > 0  # the revision batch, billed at half price
     assert metadata["critic_spent_usd_so_far"].value > metadata["critic_cost_usd"].value  # + critiques
+
+
+REPLAY_FAULTS = ("429", "500", "truncated", "closed", "empty_choices")
+
+
+def unusable_critic(request: dict, sample_index: int) -> str:
+    """Never a valid critique or revision: every path critique falls back to step mode, every revision
+    is rejected and the original path kept."""
+    return "I would rather not answer in the requested format."
+
+
+def test_a_partition_that_survived_faults_replays_exactly_and_a_repair_resends_what_it_gave_up(tmp_path):
+    settings = Settings.from_env({"SIGMA_STORAGE_URL": str(tmp_path / "store")})
+    key = shard_with_problems(settings)
+    instance = dg.DagsterInstance.ephemeral()
+    faults = {"fault_rate": 0.2, "fault_kinds": REPLAY_FAULTS, "seed": 7, "retry_after_s": 0.2}
+    with (
+        FaultServer(responder=arithmetic_policy) as policy_server,
+        FaultServer(responder=unusable_critic, **faults) as critic_server,
+    ):
+        policy, critic = policy_of(policy_server), critic_of(critic_server)
+        first = run(settings, policy, critic, key, instance)
+        assert first.success
+        sent = critic_server.stats()["total"]
+        assert (
+            critic_server.stats()["faults"]["closed"] + critic_server.stats()["faults"]["empty_choices"] > 0
+        )
+        rows = {name: first.output_for_node(name) for name in ("critiques", "refined_paths")}
+        gave_up = sum(
+            first.asset_materializations_for_node(name)[0].metadata["critic_calls_given_up"].value
+            for name in ("critiques", "refined_paths")
+        )
+        assert gave_up > 0  # the run had to give up on calls, and took its fallbacks
+        # Every path critique fell back to step critiques, whose generic feedback never reached a
+        # revision: the original paths are kept.
+        assert (rows["refined_paths"]["critique_mode"] == "step-fallback").all()
+        assert rows["refined_paths"]["regurgitation"].all()
+
+        for faults_on in (True, False):  # the same faults, then none: nothing is asked again
+            critic_server.configure(fault_rate=0.2 if faults_on else 0.0)
+            again = run(settings, policy, critic, key, instance, selection=[critiques, refined_paths])
+            assert again.success
+            assert critic_server.stats()["total"] == sent
+            for name, frame in rows.items():
+                assert again.output_for_node(name).equals(frame)
+
+        # A deliberate repair resends exactly the calls the first run gave up on.
+        repair = {"ops": {name: {"config": {"mode": "path", "retry_failed": True}} for name in rows}}
+        repaired = materialize_shard(
+            FULL_SHARD,
+            key,
+            selection=[critiques, refined_paths],
+            resources=build_resources(settings) | {"policy": policy, "critic": critic},
+            instance=instance,
+            run_config={"ops": {"mcts_trees": {"config": SEARCH_CONFIG}, **repair["ops"]}},
+        )
+        assert repaired.success
+        assert critic_server.stats()["total"] - sent >= gave_up

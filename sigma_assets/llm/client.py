@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 from sigma_assets.llm.accounting import Usage
 from sigma_assets.llm.generation import Backend, GenerationRequest, Sample
-from sigma_assets.llm.response_store import ResponseStore, attempt_key, sample_key
+from sigma_assets.llm.response_store import ResponseStore, attempt_key, failure_key, sample_key
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -74,12 +74,15 @@ class RequestFailed(RuntimeError):
     `kind` says why (the fault kinds above, or "fatal"); by default the prefix of `reason`.
     """
 
-    def __init__(self, key: str, reason: str, attempts: int, kind: str | None = None):
+    def __init__(
+        self, key: str, reason: str, attempts: int, kind: str | None = None, attempt: int | None = None
+    ):
         super().__init__(f"request {key[:16]} failed after {attempts} attempt(s): {reason}")
         self.key = key
         self.reason = reason
         self.attempts = attempts
         self.kind = kind if kind is not None else reason.split(":", 1)[0]
+        self.attempt = attempt  # the attempt number it gave up on (None: replayed, or invalid answers)
 
     @property
     def answer_rejected(self) -> bool:
@@ -173,11 +176,15 @@ class LLMClient:
         store: ResponseStore | None = None,
         concurrency: int = 16,
         retry: RetrySettings = RetrySettings(),
+        retry_failed: bool = False,
     ):
         self.backend = backend
         self.store = store
         self.concurrency = concurrency
         self.retry = retry
+        # A run that succeeded although it gave up on some calls records those outcomes
+        # (`record_failures`), so that a replay takes the same branch; `retry_failed` sends them again.
+        self.retry_failed = retry_failed
         self.usage = Usage(model=backend.model)
         # Sample key -> its failure: a request that failed for good is never sent again by this client,
         # whichever layer asks (the per-job resend, the per-problem diagnosis).
@@ -272,7 +279,11 @@ class LLMClient:
                     failures.append((position, known))
                     continue
                 sample, attempt, reason = self._stored(key, validate)
-                if sample is not None:
+                recorded = self._recorded_failure(key, attempt) if sample is None else None
+                if recorded is not None:  # a run that succeeded gave up here: take the same branch
+                    self.failed[key] = recorded
+                    failures.append((position, recorded))
+                elif sample is not None:
                     row[index] = generated[key] = sample
                     self.usage.store_hits += 1
                 elif attempt > self.retry.max_attempts:
@@ -311,6 +322,35 @@ class LLMClient:
                 for i in range(request.params.n)
             )
         ]
+
+    def _recorded_failure(self, key: str, attempt: int) -> RequestFailed | None:
+        if self.store is None or self.retry_failed or attempt > self.retry.max_attempts:
+            return None
+        record = self.store.get(failure_key(key, attempt))
+        if record is None or record.rejected is None:
+            return None
+        return RequestFailed(
+            key, f"{record.rejected} (recorded)", attempt, kind=record.rejected.split(":", 1)[0]
+        )
+
+    @property
+    def gave_up(self) -> int:
+        """Calls this client gave up on after its retries (not those replayed from a record)."""
+        return sum(failure.attempt is not None for failure in self.failed.values())
+
+    def record_failures(self) -> int:
+        """Record in the store every call this client gave up on (blocking); returns how many.
+
+        Called once the stage that made them has succeeded (its fallbacks taken): a replay must not ask
+        again. A stage that failed records nothing, so its retry sends those calls again."""
+        items = [
+            (failure_key(key, failure.attempt), Sample("", rejected=failure.reason))
+            for key, failure in self.failed.items()
+            if failure.attempt is not None
+        ]
+        if items and self.store is not None:
+            self._run(self.store.put_many(items))
+        return len(items)
 
     def stored_completion_tokens(self) -> list[int]:
         """Completion tokens of every answer stored for this role and shard: the running mean's data."""
@@ -413,12 +453,15 @@ class LLMClient:
     def _give_up(self, spent: list[_Unit], batch: list[_Unit]) -> RequestFailed:
         """Remember every unfinished sample of the batch as failed, so no layer above sends it again."""
         first = spent[0]
-        failure = RequestFailed(first.keys[first.todo[0]], first.error, first.sends, kind=first.kind)
+        failure = RequestFailed(
+            first.keys[first.todo[0]], first.error, first.sends, first.kind, first.attempt
+        )
         for unit in batch:
             for index in unit.todo:
                 key = unit.keys[index]
                 if key not in self.failed:
-                    self.failed[key] = RequestFailed(key, unit.error or failure.reason, unit.sends, unit.kind)
+                    reason = unit.error or failure.reason
+                    self.failed[key] = RequestFailed(key, reason, unit.sends, unit.kind, unit.attempt)
         return failure
 
     def _account(self, samples: list[list[Sample]]) -> None:

@@ -59,6 +59,12 @@ def attempt_key(key: str, attempt: int) -> str:
     return hashlib.sha256(f"{key}/attempt/{attempt}".encode()).hexdigest()
 
 
+def failure_key(key: str, attempt: int) -> str:
+    """Where a run that gave up on attempt `attempt` of sample `key`, and still succeeded, records why: a
+    replay then takes the branch that run took instead of asking again."""
+    return hashlib.sha256(f"{key}/failed/{attempt}".encode()).hexdigest()
+
+
 class ResponseStore:
     """Key → sample, loaded from all segments of a namespace; `put_many` returns once its samples are durable.
 

@@ -3,7 +3,8 @@
 Serves `POST /v1/chat/completions`, `POST /v1/completions` and `GET /v1/models` on 127.0.0.1 only,
 with deterministic response text (or text from a scripted `responder`), configurable latency, and
 injected faults: 429 with Retry-After, 500, a stalled response (client timeout), a truncated body,
-content that is not the requested JSON, and finish_reason "length". Faults are drawn at random with a
+content that is not the requested JSON, finish_reason "length", a connection closed without an answer,
+and an answer with an empty `choices` list. Faults are drawn at random with a
 seeded generator (`fault_rate`, `fault_kinds`) or forced by the ordinal of the request (`fail_requests`).
 
 The Batch API too: `POST /v1/files` (purpose "batch"), `GET /v1/files/{id}/content`, `POST /v1/batches`,
@@ -46,7 +47,16 @@ from aiohttp import web
 
 from sigma_assets.testing.loopback import HOST, LoopbackServer
 
-FAULT_KINDS: tuple[str, ...] = ("429", "500", "timeout", "truncated", "invalid_json", "length")
+FAULT_KINDS: tuple[str, ...] = (
+    "429",
+    "500",
+    "timeout",
+    "truncated",
+    "invalid_json",
+    "length",
+    "closed",  # the connection is closed without an answer
+    "empty_choices",  # a well-formed answer whose `choices` list is empty
+)
 INVALID_JSON_CONTENT = "this is not json {"
 READY_PREFIX = "FAULT_SERVER_READY "
 ENDPOINTS: tuple[str, ...] = (
@@ -278,6 +288,10 @@ def build_app(state: _State) -> web.Application:
                 return _json_response(_BODY_500, 500)
             if fault == "timeout":
                 await asyncio.sleep(state.config.timeout_sleep_s)  # the client should give up first
+            if fault == "closed":
+                assert request.transport is not None
+                request.transport.close()  # no status line, no body: the peer hung up
+                raise web.HTTPInternalServerError()  # never sent: the connection is gone
 
             choices: list[dict[str, Any]] = []
             completion_tokens = 0
@@ -327,6 +341,8 @@ def build_app(state: _State) -> web.Application:
             ).encode()
             if fault == "truncated":
                 body = body[: len(body) // 2]  # complete HTTP response, invalid JSON
+            if fault == "empty_choices":
+                body = json.dumps({**json.loads(body), "choices": []}).encode()
             return _json_response(body)
         finally:
             state.in_flight -= 1

@@ -40,6 +40,9 @@ RefinementConfig = config_from_settings(
     "RefinementConfig",
     refinement_budget(SETTINGS.critic_backend, SETTINGS.critic_model),
     doc="Critique and revision settings (DESIGN §1): `path` (one call each per problem) or `step` mode.",
+    # A repair: resend the calls an earlier successful run gave up on (by default a replay takes the
+    # branch that run took, with no request).
+    extra={"retry_failed": (bool, False)},
 )
 
 
@@ -100,12 +103,12 @@ def critiques(
 ) -> pl.DataFrame:
     problems = _problems(raw_problems, sibling_sets)
     settings = settings_from_config(RefinementSettings, config)
-    with critic.client(storage.root(), store_namespace("critic", context)) as client:
+    with critic.client(storage.root(), store_namespace("critic", context), config.retry_failed) as client:
         projected = guard_spend(context, client, lambda g: critique(problems, g, settings), critic, "critic_")
         rows: list[CritiqueRow] = _per_problem(
             problems, lambda ps: critique(ps, client.generate, settings, _key_of(client)), "critique"
         )
-        usage = client.usage
+        usage, gave_up = client.usage, client.gave_up
     frame = pl.DataFrame(
         [row.to_row() | {"critic_model": critic.model} for row in rows],
         schema=polars_schema(CRITIQUE_COLUMNS),
@@ -119,6 +122,8 @@ def critiques(
             "step_fallback_problems": fallback,
             "calls_per_problem": round(usage.requests / len(problems), 3) if problems else 0.0,
             **usage.as_metadata("critic_"),
+            # Calls given up on after every retry, with the fallback taken; a replay takes it again.
+            "critic_calls_given_up": gave_up,
             **projected,
             "mode": settings.mode,
         }
@@ -150,7 +155,7 @@ def refined_paths(
     feedback = [CritiqueRow.from_row(r) for r in critiques.drop("critic_model").iter_rows(named=True)]
     settings = settings_from_config(RefinementSettings, config)
     with (
-        critic.client(storage.root(), store_namespace("critic", context)) as client,
+        critic.client(storage.root(), store_namespace("critic", context), config.retry_failed) as client,
         AnswerChecker() as checker,
     ):
         # Step mode revises depth by depth: only depth 1 can be planned, the rest is scaled from it.
@@ -168,7 +173,7 @@ def refined_paths(
             lambda ps: revise(ps, feedback, client.generate, checker.check_many, settings, _key_of(client)),
             "revision",
         )
-        usage = client.usage
+        usage, gave_up = client.usage, client.gave_up
     frame = pl.DataFrame(
         [r.to_row() | {"critic_model": critic.model} for r in refined], schema=polars_schema(REFINED_COLUMNS)
     )
@@ -190,6 +195,8 @@ def refined_paths(
                 float((frame["prompt_tokens"] + frame["completion_tokens"]).mean() or 0.0), 1
             ),
             **usage.as_metadata("critic_"),
+            # Calls given up on after every retry, with the fallback taken; a replay takes it again.
+            "critic_calls_given_up": gave_up,
             **projected,
             "preview": dg.MetadataValue.md(preview),
         }

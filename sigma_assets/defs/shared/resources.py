@@ -115,16 +115,20 @@ class ModelResource(dg.ConfigurableResource):
         raise NotImplementedError
 
     @contextmanager
-    def client(self, storage: StorageRoot, namespace: str) -> Iterator[LLMClient]:
+    def client(self, storage: StorageRoot, namespace: str, retry_failed: bool = False) -> Iterator[LLMClient]:
+        """A client on the stage's response store. When the stage succeeds, the calls it gave up on are
+        recorded so that a replay takes the same branch; `retry_failed` sends those calls again."""
         store = ResponseStore(storage.path(), namespace).load()
         client = LLMClient(
             self.build_backend(),
             store,
             self.concurrency,
             RetrySettings(max_attempts=self.max_attempts, timeout_s=self.timeout_s),
+            retry_failed=retry_failed,
         )
         try:
             yield client
+            client.record_failures()
         except RequestFailed as exc:
             # Its retry budget is spent: the step's RetryPolicy may rerun the shard only when a lost
             # connection may have healed; anything else would fail the same way and pay again.

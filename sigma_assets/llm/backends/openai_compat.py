@@ -145,8 +145,9 @@ class OpenAIBackend:
         except openai.RateLimitError as exc:
             raise RateLimited(_describe(exc), retry_after_s=_retry_after(exc.response)) from exc
         except openai.APITimeoutError as exc:
-            if _refused(exc):
-                raise ConnectionFailed(str(exc)) from exc
+            lost = _lost_connection(exc)
+            if lost is not None:
+                raise ConnectionFailed(f"connection lost before an answer ({lost})") from exc
             raise RequestTimeout(str(exc)) from exc
         except openai.APIConnectionError as exc:
             raise ConnectionFailed(str(exc)) from exc
@@ -191,14 +192,29 @@ def _describe(exc: openai.APIStatusError) -> str:
     return f"HTTP {exc.status_code}: {exc.message}"
 
 
-def _refused(exc: BaseException) -> bool:
-    """aiohttp's transport reports a refused connection as a connect timeout: look at the cause."""
-    cause = exc.__cause__
-    while cause is not None:
-        if type(cause).__name__ in ("ClientConnectorError", "ConnectError"):
-            return True
-        cause = cause.__cause__
-    return False
+def _lost_connection(exc: BaseException) -> str | None:
+    """aiohttp's transport reports a refused connection, and one the server closed without an answer, as a
+    timeout ("Server disconnected" under `ConnectTimeout`): the lost connection among the causes, if any."""
+    cause = exc.__cause__ or exc.__context__
+    seen = 0
+    while cause is not None and seen < 8:
+        if type(cause).__name__ in _CONNECTION_ERRORS or isinstance(cause, ConnectionError):
+            return f"{type(cause).__name__}: {cause}"
+        cause, seen = cause.__cause__ or cause.__context__, seen + 1
+    return None
+
+
+_CONNECTION_ERRORS = frozenset(
+    {
+        "ClientConnectorError",
+        "ConnectError",
+        "ServerDisconnectedError",
+        "ClientOSError",
+        "ClientConnectionError",
+        "ClientConnectionResetError",
+        "RemoteProtocolError",
+    }
+)
 
 
 def _retry_after(response: Any) -> float | None:
