@@ -11,6 +11,7 @@ its headline figures; at the end, the accuracy table.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import threading
@@ -173,23 +174,38 @@ def run_job(
     return failed
 
 
+def quiet_libraries() -> None:
+    """One line per step is the progress shown here: the libraries' own progress bars and INFO lines (here
+    and in the trainer's process, which inherits the environment) would bury it; SIGMA_VERBOSE=1 keeps
+    them."""
+    for variable in ("HF_DATASETS_DISABLE_PROGRESS_BARS", "HF_HUB_DISABLE_PROGRESS_BARS", "TQDM_DISABLE"):
+        os.environ.setdefault(variable, "1")  # TQDM_DISABLE: bars drawn with tqdm itself (GGUF conversion)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()
+    # Dagster's own logger speaks at DEBUG when a value is loaded outside a run (the final table).
+    logging.getLogger("dagster").setLevel(logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run the main jobs over every partition, watched.")
     parser.add_argument(
         "--jobs", nargs="+", choices=JOBS, default=list(JOBS), help="these jobs only, in the main order"
     )
     jobs = [job for job in JOBS if job in parser.parse_args(argv).jobs]
-    # One line per step is the progress shown here; the libraries' own bars (here and in the trainer's
-    # process) would bury it.
-    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-    from transformers.utils import logging as transformers_logging
-
-    transformers_logging.disable_progress_bar()
+    verbose = os.environ.get("SIGMA_VERBOSE") == "1"
+    if not verbose:
+        quiet_libraries()
     instance = dg.DagsterInstance.get()
     apply_pool_limits(instance)
     clock = Clock()
     failed: list[str] = []
-    with WorkspaceProcessContext(instance, WorkspaceFileTarget(paths=[str(WORKSPACE)])) as process:
+    target = WorkspaceFileTarget(paths=[str(WORKSPACE)])
+    with WorkspaceProcessContext(
+        instance, target, code_server_log_level="INFO" if verbose else "WARNING"
+    ) as process:
         errors = process.create_request_context().get_code_location_error(LOCATION)
         if errors:
             print(f"the code location does not load:\n{errors.to_string()}", file=sys.stderr)

@@ -372,3 +372,88 @@ def test_helm_values_follow_the_dagster_chart_layout():
     retries = values["additionalInstanceConfig"]["run_retries"]
     assert retries == {"enabled": True, "max_retries": 2, "retry_on_asset_or_op_failure": False}
     assert values["telemetry"] == {"enabled": False}
+
+
+# -- the instance the chart builds, and the variables the code location reads ---------------------------
+
+VALUES = DEPLOY / "helm" / "values.yaml"
+DEPLOY_README = DEPLOY / "README.md"
+
+
+def test_the_instance_the_chart_builds_has_the_limits_the_readme_promises(tmp_path):
+    from sigma_assets.defs.operations.pools import POOL_LIMITS
+    from sigma_assets_tests.helm_instance import ChartFailure, render_instance
+
+    values = yaml.safe_load(VALUES.read_text())
+    rendered = render_instance(values)
+    (tmp_path / "dagster.yaml").write_text(yaml.safe_dump(rendered))
+    config, _ = dagster_instance_config(str(tmp_path))  # Dagster's own schema
+    laptop = yaml.safe_load((ROOT / "dagster.yaml").read_text())
+    assert config["run_coordinator"]["class"] == "QueuedRunCoordinator"
+    assert config["concurrency"] == laptop["concurrency"]  # 2 runs; pools 1 step at a time, by op
+    assert config["concurrency"]["runs"]["max_concurrent_runs"] == 2
+    assert config["run_retries"] == {"enabled": True, "max_retries": 2, "retry_on_asset_or_op_failure": False}
+    assert config["run_monitoring"]["enabled"] is True
+    # Without `enabled: true` the chart renders no limits at all: the queue would run every run at once.
+    silent = render_instance(
+        {**values, "concurrency": {k: v for k, v in values["concurrency"].items() if k != "enabled"}}
+    )
+    assert "concurrency" not in silent
+    with pytest.raises(ChartFailure, match=r"both concurrency\.runs\.maxConcurrentRuns"):
+        both = {
+            **values["dagsterDaemon"]["runCoordinator"],
+            "config": {"queuedRunCoordinator": {"maxConcurrentRuns": 3}},
+        }
+        render_instance({**values, "dagsterDaemon": {**values["dagsterDaemon"], "runCoordinator": both}})
+    # Pools with a limit of their own are set after the install: the README's commands, run for real with
+    # Dagster's CLI on an instance of the rendered configuration.
+    commands = re.findall(
+        r"kubectl exec deploy/\S+ -- (dagster instance concurrency set .+)", DEPLOY_README.read_text()
+    )
+    assert commands
+    dagster_cli = Path(sys.executable).parent / "dagster"
+    for command in commands:
+        subprocess.run(
+            [str(dagster_cli), *command.split()[1:]],
+            env={**os.environ, "DAGSTER_HOME": str(tmp_path)},
+            check=True,
+            capture_output=True,
+        )
+    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+        limits = {p.name: p.limit for p in instance.event_log_storage.get_pool_limits()}
+    default = config["concurrency"]["pools"]["default_limit"]
+    assert {p: limits.get(p, default) for p in POOL_LIMITS} == POOL_LIMITS
+
+
+def test_the_chart_is_pinned_to_the_dagster_minor_release_of_the_code_location():
+    dagster_range = next(d for d in PYPROJECT["project"]["dependencies"] if d.startswith("dagster>="))
+    minor = re.search(r">=(\d+\.\d+)", dagster_range).group(1)
+    for text in (DEPLOY_README.read_text(), VALUES.read_text()):
+        installs = re.findall(r"helm upgrade --install .*", text)
+        assert installs and all(f"--version '~{minor}.0'" in line for line in installs), installs
+
+
+def test_every_variable_the_code_location_reads_through_envvar_is_provided():
+    from sigma_assets.definitions import build_resources
+
+    values = yaml.safe_load(VALUES.read_text())
+    (deployment,) = values["dagster-user-deployments"]["deployments"]
+    env = {e["name"]: e["value"] for e in deployment["env"]}
+    secret = set(re.findall(r"--from-literal=([A-Z_]+)=", DEPLOY_README.read_text()))
+    # The combinations the deploy README documents: the policy on a vLLM server, the critic on OpenAI
+    # (directly or through the Batch API), storage on S3.
+    for extra in ({}, {"SIGMA_CRITIC_BATCH_API": "true"}):
+        settings = Settings.from_env({**env, **extra, **dict.fromkeys(secret, "set")})
+        read = set()
+        for resource in build_resources(settings).values():
+            for field in type(resource).model_fields if hasattr(type(resource), "model_fields") else ():
+                value = getattr(resource, field, None)
+                if isinstance(value, dg.EnvVar):
+                    read.add(value.env_var_name)
+        assert read >= {
+            "OPENAI_API_KEY",
+            "SIGMA_POLICY_API_KEY",
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+        }
+        assert read <= secret | set(env), sorted(read - secret - set(env))

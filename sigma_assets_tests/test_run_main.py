@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -42,6 +43,12 @@ def test_main_command_runs_belong_to_the_code_location(tmp_path: Path) -> None:
         assert f"problems_job {shard} (" in done.stdout
         assert f"problems_job {shard}: raw_problems running (0/2 steps done)" in done.stdout
     assert "raw_problems: row_count=" in done.stdout
+    # Nothing else: no library progress bars, INFO or DEBUG lines (only with SIGMA_VERBOSE=1).
+    own = re.compile(r"^(\[\s*\d+ s\] |  [a-z_]+: )")
+    noise = [
+        line for line in (done.stdout + done.stderr).splitlines() if line.strip() and not own.match(line)
+    ]
+    assert noise == []
 
     # ... with the job snapshot the location serves, so Re-execute finds the same version.
     served = subprocess.run(
@@ -59,3 +66,28 @@ def test_main_command_runs_belong_to_the_code_location(tmp_path: Path) -> None:
             assert run.tags["dagster/partition"] in ("shard-000", "shard-001")
             assert run.job_snapshot_id == served.stdout.strip()
         assert instance.get_materialized_partitions(dg.AssetKey("raw_problems")) == {"shard-000", "shard-001"}
+
+
+def test_verbose_output_keeps_the_libraries_lines(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "SIGMA_STORAGE_URL": str(tmp_path / "data"),
+        "SIGMA_PROBLEMS": "arithmetic:4",
+        "SIGMA_NUM_SHARDS": "1",
+        "SIGMA_VERBOSE": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "sigma_assets.run_main", "--jobs", "problems_job"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Started Dagster code server" in done.stdout + done.stderr

@@ -18,6 +18,7 @@ Imports `dagster_pipes`, never `dagster`.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 import os
@@ -96,6 +97,18 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def _checkpointing(enabled: bool) -> dict[str, bool]:
+    """Activation (gradient) checkpointing under the name the installed transformers uses: 5.x renamed
+    `gradient_checkpointing` to `activation_checkpointing` and warns on the old name."""
+    from transformers import TrainingArguments
+
+    parameters = inspect.signature(TrainingArguments.__init__).parameters
+    name = (
+        "activation_checkpointing" if "activation_checkpointing" in parameters else "gradient_checkpointing"
+    )
+    return {name: enabled}
+
+
 def train(spec: TrainingSpec, log: Callable[[str], None] = print) -> TrainingResult:
     """Fine-tune `spec.base_model` on `spec.dataset_path` and save it to `spec.output_dir`."""
     import datasets
@@ -137,7 +150,7 @@ def train(spec: TrainingSpec, log: Callable[[str], None] = print) -> TrainingRes
         packing=profile.packing,
         padding_free=profile.packing,
         completion_only_loss=True,
-        gradient_checkpointing=profile.gradient_checkpointing,
+        **_checkpointing(profile.gradient_checkpointing),
         logging_steps=profile.logging_steps,
         save_strategy="no",
         report_to=[],
