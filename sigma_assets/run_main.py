@@ -11,7 +11,8 @@ its headline figures; at the end, the accuracy table.
 from __future__ import annotations
 
 import argparse
-import logging
+import contextlib
+import io
 import os
 import sys
 import threading
@@ -168,7 +169,9 @@ def run_job(
         print(
             f"{clock} {label}: {'ok' if ok else status.value} in {time.monotonic() - t0:.0f} s (run {run_id})"
         )
-        print(summary(instance, run_id), flush=True)
+        lines = summary(instance, run_id)
+        if lines:
+            print(lines, flush=True)
         if not ok:
             failed.append(label)
     return failed
@@ -185,8 +188,15 @@ def quiet_libraries() -> None:
 
     transformers_logging.disable_progress_bar()
     transformers_logging.set_verbosity_error()
-    # Dagster's own logger speaks at DEBUG when a value is loaded outside a run (the final table).
-    logging.getLogger("dagster").setLevel(logging.WARNING)
+
+
+def load_quietly(asset: str, instance: dg.DagsterInstance, verbose: bool) -> Any:
+    """The asset's stored value. Loading outside a run builds a context whose console logger prints the
+    IO manager's DEBUG line, whatever the logging levels: its output is dropped unless verbose."""
+    if verbose:
+        return defs.load_asset_value(asset, instance=instance)
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        return defs.load_asset_value(asset, instance=instance)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -218,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"failed: {', '.join(failed)}; see the runs in the UI", file=sys.stderr)
         return 1
     if evaluation_job.name in jobs:
-        print(format_table(defs.load_asset_value("eval_scores", instance=instance)), flush=True)
+        print(format_table(load_quietly("eval_scores", instance, verbose)), flush=True)
     print(f"{clock} done", flush=True)
     return 0
 
