@@ -100,7 +100,11 @@ def build_resources(settings: Settings) -> dict[str, Any]:
             max_usd_per_run=settings.max_usd_per_run,
             use_batch_api=settings.critic_batch_api,
         ),
-        "training": TrainingResource(base_model=settings.base_model, profile=settings.training_profile),
+        "training": TrainingResource(
+            base_model=settings.base_model,
+            profile=settings.training_profile,
+            launcher=settings.training_launcher,
+        ),
         "evaluation": EvaluationResource(eval_sets=settings.eval_sets),
         # The trainer runs as its own process (python, accelerate or torchrun) and reports back.
         "pipes_subprocess_client": dg.PipesSubprocessClient(),

@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     # Training and evaluation: the base model fine-tuned, the named training profile, benchmark files.
     base_model: Annotated[str, _env("SIGMA_BASE_MODEL")] = BUNDLED_SMOLLM2
     training_profile: Annotated[str, _env("SIGMA_TRAINING_PROFILE")] = "cpu"
+    # What starts the trainer: empty for this Python, else e.g. `torchrun --nproc-per-node 8` or
+    # `accelerate launch --config_file infra/deploy/accelerate/fsdp.yaml`.
+    training_launcher: Annotated[str, _env("SIGMA_TRAINING_LAUNCHER")] = ""
     eval_sets: Annotated[str, _env("SIGMA_EVAL_SETS")] = ""
     # Kubernetes: GPU pods' node labels (SIGMA_GPU_NODE_SELECTOR=key=value,...), GPUs of a training pod,
     # and whether each step runs in its own pod (so that those per-asset pod settings apply).

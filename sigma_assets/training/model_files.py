@@ -44,7 +44,13 @@ def local_model_dir(root: StorageRoot, variant: str) -> Iterator[Path]:
     try:
         if not remote.joinpath(TRAINING_RUN_FILE).exists():
             raise FileNotFoundError(f"{remote} is not a finished trained model (no {TRAINING_RUN_FILE})")
-        remote.fs.get(str(remote.path).rstrip("/") + "/", str(scratch) + "/", recursive=True)
+        base = str(remote.path).rstrip("/") + "/"
+        # The model's own files: not the training checkpoints kept under it.
+        files = [f for f in remote.fs.find(base) if not f[len(base) :].startswith("checkpoints/")]
+        local = [scratch / f[len(base) :] for f in files]
+        for path in local:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        remote.fs.get(files, [str(path) for path in local])
         training_run(scratch)
         yield scratch
     finally:

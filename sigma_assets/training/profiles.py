@@ -35,6 +35,12 @@ class TrainingProfile:
     launcher: tuple[str, ...] = ()
     logging_steps: int = 1
     seed: int = 0
+    # Checkpoints to the storage root every this many optimizer steps and every this many minutes (0:
+    # never); the last `keep_checkpoints` complete ones are kept, and a new run of the same training
+    # resumes from the newest.
+    checkpoint_steps: int = 100
+    checkpoint_minutes: float = 30.0
+    keep_checkpoints: int = 2
 
     def gradient_accumulation(self, world_size: int) -> int:
         """Steps to accumulate so that per-device batch x devices x steps is the effective batch."""
@@ -70,6 +76,10 @@ PROFILES: dict[str, TrainingProfile] = {
         packing=False,
         gradient_checkpointing=False,
         use_cpu=True,
+        # Three steps of a demo: a checkpoint (weights and optimizer, 1.5 GB for SmolLM2) would cost more
+        # than the steps it saves.
+        checkpoint_steps=0,
+        checkpoint_minutes=0.0,
     ),
 }
 

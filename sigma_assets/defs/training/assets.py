@@ -13,6 +13,7 @@ import sys
 import tempfile
 import uuid
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import dagster as dg
@@ -40,6 +41,7 @@ from sigma_assets.training.train import TRAINING_RUN_FILE, TrainingSpec
 VARIANTS = dg.StaticPartitionsDefinition(list(sft_data.VARIANTS))
 EVERY_PARTITION = {"allow_missing_partitions": True}
 PIPES_EXCEPTION = "[pipes] external process pipes closed with exception"
+CHECKPOINTS = "checkpoints"
 
 variant_asset = functools.partial(
     dg.asset, partitions_def=VARIANTS, backfill_policy=ONE_RUN_PER_PARTITION, group_name="training"
@@ -207,12 +209,14 @@ class FinetuneConfig(dg.Config):
     effective_batch: int | None = None
     max_length: int | None = None
     seed: int | None = None
+    checkpoint_steps: int | None = None
+    checkpoint_minutes: float | None = None
 
     def to_profile(self, training: TrainingResource) -> TrainingProfile:
         overrides = self.model_dump(exclude={"profile"})
         chosen = profile(training.checked_profile(self.profile), **overrides)
         if training.launcher:
-            chosen = profile(chosen.name, **{**chosen.to_dict(), "launcher": training.launcher_args()})
+            chosen = replace(chosen, launcher=tuple(training.launcher_args()))
         return chosen
 
 
@@ -229,21 +233,56 @@ def _trainer_error(context: dg.AssetExecutionContext) -> str | None:
     return None
 
 
+def _is_torchrun(launcher: list[str]) -> bool:
+    return Path(launcher[0]).name == "torchrun" or "torch.distributed.run" in launcher
+
+
+def _rank_errors(log_dir: Path) -> str | None:
+    """The error and traceback of each rank that raised, as torchrun's error files record them."""
+    found = []
+    for path in sorted(log_dir.rglob("error.json")):
+        try:
+            error = json.loads(path.read_text())["message"]
+        except (OSError, ValueError, KeyError):
+            continue
+        if isinstance(error, dict):
+            extra = error.get("extraInfo", {})
+            text = f"{error.get('message', '')}\n{extra.get('py_callstack', '')}".strip()
+        else:
+            text = str(error)
+        found.append(f"rank {path.parent.name}: {text}")
+    return "\n\n".join(found) or None
+
+
+def _storage_env(root: StorageRoot) -> dict[str, str]:
+    """The storage keys for the trainer's process (its environment, never a file)."""
+    env = {}
+    if root.access_key_id:
+        env["AWS_ACCESS_KEY_ID"] = root.access_key_id
+    if root.secret_access_key:
+        env["AWS_SECRET_ACCESS_KEY"] = root.secret_access_key
+    return env
+
+
 def _publish_model(root: StorageRoot, variant: str, built: Path) -> str:
-    """Move a finished model folder to `<root>/models/<variant>/`: readers see the old or the new one."""
+    """Move a finished model folder to `<root>/models/<variant>/`: readers see the old or the new one. The
+    training checkpoints under it stay."""
     dest = model_path(root, variant)
     if not root.is_s3:
         local = Path(str(dest.path))
         old = local.with_name(f".{variant}.old-{uuid.uuid4().hex[:8]}")
         if local.exists():
             local.rename(old)
+            if (old / CHECKPOINTS).exists():
+                (old / CHECKPOINTS).rename(built / CHECKPOINTS)
         built.rename(local)
         shutil.rmtree(old, ignore_errors=True)
         return str(local)
     # S3: every object is put whole; the training-run file goes last, so a model without it is partial.
     if dest.exists():
         for item in dest.iterdir():
-            item.unlink()
+            if item.name != CHECKPOINTS:
+                item.unlink()
     files = sorted((p for p in built.rglob("*") if p.is_file()), key=lambda p: p.name == TRAINING_RUN_FILE)
     for file in files:
         dest.fs.put_file(str(file), str(dest.joinpath(file.relative_to(built).as_posix()).path))
@@ -279,16 +318,28 @@ def finetuned_model(
     try:
         dataset = work / "sft.parquet"
         sft_dataset.select("messages").write_parquet(dataset)
-        spec = TrainingSpec(str(dataset), training.base_model_dir(), str(output), chosen)
+        # Checkpoints under the variant's model folder, so a retried or re-executed run resumes; only the
+        # endpoint and region travel in the spec, keys through the trainer's environment.
+        options = {k: v for k, v in root.storage_options.items() if k not in ("key", "secret")}
+        checkpoints = str(root.path("models", variant, "checkpoints"))
+        spec = TrainingSpec(
+            str(dataset), training.base_model_dir(), str(output), chosen, checkpoints, options
+        )
         (work / "spec.json").write_text(spec.to_json())
         launcher = list(chosen.launcher) or [sys.executable]
+        if _is_torchrun(launcher):  # each rank's error and traceback, where the failure can read them
+            launcher = [launcher[0], "--log-dir", str(work / "launch"), *launcher[1:]]
         module = ["-m", "sigma_assets.training.train", "--spec", str(work / "spec.json")]
         command = [*launcher, *module]
         context.log.info(f"trainer: {' '.join(command)}")
         try:
-            invocation = pipes_subprocess_client.run(command=command, context=context)
+            invocation = pipes_subprocess_client.run(command=command, context=context, env=_storage_env(root))
         except DagsterPipesExecutionError as exc:
-            reported = _trainer_error(context) or "no exception reported; see its stderr"
+            reported = (
+                _trainer_error(context)
+                or _rank_errors(work / "launch")
+                or "no exception reported; see its stderr"
+            )
             raise dg.Failure(
                 description=f"the trainer failed ({exc}): {reported}",
                 metadata={"command": " ".join(command)},
