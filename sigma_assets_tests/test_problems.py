@@ -181,3 +181,12 @@ def test_shard_of_is_stable_and_spread():
 
 
 EXPECTED_SHARDS = ["shard-002", "shard-002", "shard-003"]
+
+
+def test_a_math_release_folder_and_a_json_array_load_as_problem_sources():
+    from sigma_assets.testing.real_text import DATA_DIR
+
+    folder = load_problems(str(DATA_DIR / "benchmarks" / "layouts" / "math_release"))
+    assert sorted(p.answer for p in folder.problems) == ["15", "2x+1", "5"]
+    array = load_problems(str(DATA_DIR / "benchmarks" / "deepmind-mathematics.json"))
+    assert len(array.problems) == 30 and array.problems[0].answer == "4"

@@ -17,7 +17,10 @@ SNAPSHOT_ID = (
 )
 
 
-def test_main_command_runs_belong_to_the_code_location(tmp_path: Path) -> None:
+def run_main(
+    tmp_path: Path, problems: str, shards: str, **extra: str
+) -> tuple[subprocess.CompletedProcess, dict, Path]:
+    """`python -m sigma_assets.run_main --jobs problems_job` in a fresh instance; (its result, env, home)."""
     home = tmp_path / "home"
     home.mkdir()
     (home / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
@@ -25,9 +28,10 @@ def test_main_command_runs_belong_to_the_code_location(tmp_path: Path) -> None:
         **os.environ,
         "DAGSTER_HOME": str(home),
         "SIGMA_STORAGE_URL": str(tmp_path / "data"),
-        "SIGMA_PROBLEMS": "arithmetic:6",
-        "SIGMA_NUM_SHARDS": "2",
+        "SIGMA_PROBLEMS": problems,
+        "SIGMA_NUM_SHARDS": shards,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        **extra,
     }
     done = subprocess.run(
         [sys.executable, "-m", "sigma_assets.run_main", "--jobs", "problems_job"],
@@ -38,6 +42,11 @@ def test_main_command_runs_belong_to_the_code_location(tmp_path: Path) -> None:
         timeout=300,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+    return done, env, home
+
+
+def test_main_command_runs_belong_to_the_code_location(tmp_path: Path) -> None:
+    done, env, home = run_main(tmp_path, "arithmetic:6", "2")
     # Progress: a line per run and per step, with the elapsed time, and each run's headline figures.
     for shard in ("shard-000", "shard-001"):
         assert f"problems_job {shard} (" in done.stdout
@@ -69,25 +78,5 @@ def test_main_command_runs_belong_to_the_code_location(tmp_path: Path) -> None:
 
 
 def test_verbose_output_keeps_the_libraries_lines(tmp_path: Path) -> None:
-    home = tmp_path / "home"
-    home.mkdir()
-    (home / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
-    env = {
-        **os.environ,
-        "DAGSTER_HOME": str(home),
-        "SIGMA_STORAGE_URL": str(tmp_path / "data"),
-        "SIGMA_PROBLEMS": "arithmetic:4",
-        "SIGMA_NUM_SHARDS": "1",
-        "SIGMA_VERBOSE": "1",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-    }
-    done = subprocess.run(
-        [sys.executable, "-m", "sigma_assets.run_main", "--jobs", "problems_job"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    done, _, _ = run_main(tmp_path, "arithmetic:4", "1", SIGMA_VERBOSE="1")
     assert "Started Dagster code server" in done.stdout + done.stderr

@@ -11,8 +11,6 @@ layout; `keep_gradeable` then runs the answer checker over the answers kept (bou
 from __future__ import annotations
 
 import hashlib
-import io
-import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -22,6 +20,7 @@ import polars as pl
 from upath import UPath
 
 from sigma_assets.data.arithmetic import arithmetic_problems
+from sigma_assets.data.records import RecordsError, read_records
 from sigma_assets.data.tables import Column, Table, polars_schema
 from sigma_assets.method.answers import extract_boxed
 from sigma_assets.method.gold_answers import gradeable_golds, normalize_gold
@@ -151,7 +150,7 @@ def _load_source(
     if source.startswith("hf:"):
         return _load_hf(source, columns)
     lowered = source.lower()
-    if lowered.endswith((".jsonl", ".json", ".parquet")):
+    if lowered.endswith((".jsonl", ".json", ".parquet")) or UPath(source, **(storage_options or {})).is_dir():
         return from_records(source, _read_file(source, storage_options or {}), columns)
     raise ProblemSourceError(
         f"SIGMA_PROBLEMS={source!r}: not a bundled set (arithmetic, arithmetic:N, champ), "
@@ -274,41 +273,12 @@ class _Layout:
 
 
 def _read_file(source: str, storage_options: Mapping[str, Any]) -> Iterable[tuple[int, Mapping[str, Any]]]:
-    path = UPath(source, **storage_options) if "://" in source else UPath(source)
+    """Records of a jsonl, JSON or parquet file or a folder of JSON files (`data.records`), numbered."""
     try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ProblemSourceError(f"{source}: file not found") from None
-    except Exception as exc:
-        raise ProblemSourceError(f"{source}: cannot read ({type(exc).__name__}: {exc})") from exc
-    if source.lower().endswith(".parquet"):
-        try:
-            frame = pl.read_parquet(io.BytesIO(data))
-        except Exception as exc:
-            raise ProblemSourceError(f"{source}: not a parquet file ({exc})") from exc
-        return enumerate(frame.iter_rows(named=True), start=1)
-    return _jsonl_records(source, data)
-
-
-def _jsonl_records(source: str, data: bytes) -> list[tuple[int, Mapping[str, Any]]]:
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ProblemSourceError(f"{source}: not UTF-8 text, so not jsonl ({exc})") from exc
-    records = []
-    for line_number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ProblemSourceError(f"{source} line {line_number}: not valid JSON ({exc.msg})") from None
-        if not isinstance(record, dict):
-            raise ProblemSourceError(f"{source} line {line_number}: expected a JSON object per line")
-        records.append((line_number, record))
-    if not records:
-        raise ProblemSourceError(f"{source}: no records")
-    return records
+        rows = read_records(source, storage_options)
+    except RecordsError as exc:
+        raise ProblemSourceError(str(exc)) from exc
+    return [(int(row) if row.isdigit() else index, record) for index, (row, record) in enumerate(rows, 1)]
 
 
 def _load_champ() -> LoadedProblems:

@@ -24,16 +24,12 @@ from __future__ import annotations
 
 import ast
 import hashlib
-import io
-import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-import polars as pl
-from upath import UPath
-
+from sigma_assets.data import records
 from sigma_assets.method.answers import extract_boxed
 from sigma_assets.method.gold_answers import YES_NO, gradeable_golds, normalize_gold
 from sigma_assets.method.grading import AnswerChecker
@@ -80,69 +76,12 @@ class EvalSet:
     layout: str = ""
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Reading
-# ---------------------------------------------------------------------------------------------------------
-
-
 def read_records(source: str, storage_options: Mapping[str, Any] | None = None) -> list[tuple[str, dict]]:
-    """(row id, record) for every record of a jsonl, JSON (array, or one object per file), parquet file or
-    a folder of JSON files (MATH's release: `<subject>/<n>.json`, whose path is the row id)."""
-    path = UPath(source, **(storage_options or {})) if "://" in source else UPath(source)
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*.json") if p.is_file())
-        if not files:
-            raise EvalSetError(f"{source}: a folder without .json files")
-        records = []
-        for file in files:
-            rows = _json_records(str(file), file.read_bytes())
-            name = str(file.relative_to(path)).removesuffix(".json")
-            records += [(name if len(rows) == 1 else f"{name}#{i}", r) for i, (_, r) in enumerate(rows, 1)]
-        return records
+    """(row, record) for every record of a benchmark file or folder (`data.records`)."""
     try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise EvalSetError(f"{source}: file not found") from None
-    except OSError as exc:
-        raise EvalSetError(f"{source}: cannot read ({type(exc).__name__}: {exc})") from exc
-    if source.lower().endswith(".parquet"):
-        try:
-            frame = pl.read_parquet(io.BytesIO(data))
-        except Exception as exc:
-            raise EvalSetError(f"{source}: not a parquet file ({exc})") from exc
-        return [(str(i), row) for i, row in enumerate(frame.iter_rows(named=True), start=1)]
-    return _json_records(source, data)
-
-
-def _json_records(source: str, data: bytes) -> list[tuple[str, dict]]:
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise EvalSetError(f"{source}: not UTF-8 text ({exc})") from exc
-    stripped = text.lstrip()
-    if stripped.startswith("["):  # a JSON array (DART-Math's DeepMind Mathematics, TheoremQA)
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise EvalSetError(f"{source}: not a valid JSON array ({exc.msg}, line {exc.lineno})") from None
-        if not all(isinstance(r, dict) for r in rows):
-            raise EvalSetError(f"{source}: a JSON array whose items are not all objects")
-        return [(str(i), r) for i, r in enumerate(rows, start=1)]
-    records = []
-    lines = [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
-    try:
-        records = [(str(n), json.loads(line)) for n, line in lines]
-    except json.JSONDecodeError:
-        try:  # one object over several lines: a MATH problem file
-            records = [("1", json.loads(text))]
-        except json.JSONDecodeError as exc:
-            raise EvalSetError(f"{source}: neither jsonl nor JSON ({exc.msg}, line {exc.lineno})") from None
-    if not records:
-        raise EvalSetError(f"{source}: no records")
-    for row, record in records:
-        if not isinstance(record, dict):
-            raise EvalSetError(f"{source} line {row}: expected a JSON object")
-    return records
+        return records.read_records(source, storage_options)
+    except records.RecordsError as exc:
+        raise EvalSetError(str(exc)) from exc
 
 
 # ---------------------------------------------------------------------------------------------------------
