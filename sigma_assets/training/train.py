@@ -81,6 +81,8 @@ class TrainingResult:
     steps_lost: int = 0
     fresh_because: str | None = None
     packing: str = ""  # packed, or why not
+    checkpoints_saved: int = 0
+    checkpoint_s: float = 0.0  # time spent writing them
 
     def metadata(self) -> dict[str, Any]:
         return {
@@ -88,6 +90,8 @@ class TrainingResult:
             "steps_lost": self.steps_lost,
             "fresh_because": self.fresh_because or "",
             "packing": self.packing,
+            "checkpoints_saved": self.checkpoints_saved,
+            "checkpoint_s": round(self.checkpoint_s, 2),
             "steps": self.steps,
             "samples": self.samples,
             "train_runtime_s": round(self.train_runtime_s, 2),
@@ -247,6 +251,7 @@ def train(spec: TrainingSpec, log: Callable[[str], None] = print) -> TrainingRes
     )
 
     tokens = [0]
+    saving = [0, 0.0]  # checkpoints saved, seconds spent saving them
 
     class StreamLogs(TrainerCallback):
         def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any):
@@ -263,8 +268,10 @@ def train(spec: TrainingSpec, log: Callable[[str], None] = print) -> TrainingRes
 
         def __init__(self) -> None:
             self.last_save = time.monotonic()
+            self.step_end = self.last_save
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any):
+            self.step_end = time.monotonic()
             minutes = profile.checkpoint_minutes
             if minutes > 0 and time.monotonic() - self.last_save >= 60 * minutes:
                 control.should_save = True
@@ -273,9 +280,12 @@ def train(spec: TrainingSpec, log: Callable[[str], None] = print) -> TrainingRes
             return control
 
         def on_save(self, args: Any, state: Any, control: Any, **kw: Any):
-            self.last_save = time.monotonic()
             if state.is_world_process_zero and store is not None:
                 store.saved(state.global_step)
+            self.last_save = time.monotonic()
+            # What the checkpoint cost: the trainer saves between a step's end and this call.
+            saving[0] += 1
+            saving[1] += self.last_save - self.step_end
 
     trainer = SFTTrainer(
         model=model,
@@ -323,6 +333,8 @@ def train(spec: TrainingSpec, log: Callable[[str], None] = print) -> TrainingRes
         steps_lost=resume.steps_lost if resume is not None else 0,
         fresh_because=resume.fresh_because if resume is not None else None,
         packing=packing_note,
+        checkpoints_saved=saving[0],
+        checkpoint_s=saving[1],
     )
     if trainer.is_world_process_zero():
         (out / TRAINING_RUN_FILE).write_text(json.dumps(result.metadata(), indent=2))
