@@ -35,7 +35,8 @@ def _share(part: int, whole: int) -> str:
 
 
 def _excerpt(text: str, width: int = 220) -> str:
-    flat = " ".join(text.split())
+    # Control characters (token soup holds some) are written escaped, so the report stays text.
+    flat = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in " ".join(text.split()))
     return flat if len(flat) <= width else flat[: width // 2] + " … " + flat[-width // 2 :]
 
 
