@@ -31,5 +31,9 @@ def test_samples_kept_apart_give_each_its_own_loss(tiny_model_dir, samples):
     assert packing_leak(model, samples, block_mask=True) <= LEAK_TOLERANCE
 
 
-def test_no_flash_attention_here_so_the_trainer_does_not_pack():
-    assert flash_attention_available() is None  # no CUDA device on this machine
+def test_without_a_gpu_there_is_no_flash_attention_so_the_trainer_does_not_pack():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: flash-attention may be")
+    assert flash_attention_available() is None

@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 
-from sigma_assets.evaluation.benchmarks import EvalProblem, canonical_bool
+from sigma_assets.evaluation.benchmarks import EvalProblem, canonical_bool, undelimited, unwrapped
 from sigma_assets.method.gold_answers import normalize_gold
 
 CheckMany = Callable[[Sequence[tuple[str, str | None]]], list[bool]]
@@ -42,7 +42,7 @@ def numeric_value(text: str) -> float | None:
     t = text.strip()
     t = re.split(r"≈|\\approx", t)[-1]  # "√2 ≈ 1.41": the value is the approximation
     t = re.sub(r"\\[!,;: ]|\{,\}|\\\$|\$", lambda m: "," if m.group(0) == "{,}" else "", t)
-    t = re.sub(r"\\(?:text|mathrm|mbox)\{\s*([^{}]*)\}", r" \1 ", t).strip()
+    t = unwrapped(t)
     t = re.sub(r"^[A-Za-z]\w*\s*=\s*", "", t)  # "x = 5"
     factor = 1.0
     if re.search(r"\\?%\s*$", t):
@@ -83,7 +83,7 @@ def _close(predicted: float, gold: float, tolerance: float) -> bool:
 
 
 def option_letter(text: str) -> str | None:
-    t = re.sub(r"\\(?:text|mathrm|textbf)\{([^{}]*)\}", r"\1", text).strip()
+    t = unwrapped(text)
     for pattern in _OPTION_RES:
         found = pattern.findall(t)
         if found:
@@ -95,16 +95,12 @@ def clean_prediction(prediction: str, unit: str | None) -> str:
     """The prediction without its delimiters, the benchmark's unit and any unit it appends."""
     text = prediction.strip().strip("$").strip()
     if unit:
-        for form in {unit, unit.strip("$"), _undelimited(unit)}:
+        for form in {unit, undelimited(unit)}:
             if form:
                 text = text.replace(form, " ")
         text = " ".join(text.split()).rstrip(",").strip()
     normalized = normalize_gold(text).answer
     return normalized if normalized else text
-
-
-def _undelimited(text: str) -> str:
-    return re.sub(r"\$|\\\(|\\\)", "", text).strip()
 
 
 def grade(

@@ -124,9 +124,14 @@ def _text(value: Any) -> str:
     return "" if value is None else str(value).strip()
 
 
-def _undelimited(answer: str) -> str:
+def undelimited(answer: str) -> str:
     """The answer without its math delimiters: `$-\\frac{3}{2}$` -> `-\\frac{3}{2}`."""
     return re.sub(r"\$|\\\(|\\\)|\\\[|\\\]", "", answer).strip()
+
+
+def unwrapped(text: str) -> str:
+    """`\\text{...}` (and `\\mathrm`, `\\textbf`, `\\mbox`) replaced by its words, spaced apart."""
+    return re.sub(r"\\(?:text|mathrm|textbf|mbox)\{([^{}]*)\}", r" \1 ", text).strip()
 
 
 def _theoremqa_gold(record: dict) -> Gold:
@@ -161,7 +166,7 @@ def _olympiad_gold(record: dict) -> Gold:
     if not answers:
         raise RowSkipped("empty final_answer")
     unit = _text(record.get("unit")) or None
-    return Gold(", ".join(_undelimited(a) for a in answers), unit=unit)
+    return Gold(", ".join(undelimited(a) for a in answers), unit=unit)
 
 
 def _gsm8k_gold(record: dict) -> Gold:
@@ -174,7 +179,7 @@ def _gsm8k_gold(record: dict) -> Gold:
 def _math_gold(record: dict) -> Gold:
     answer = _text(record.get("answer"))
     if answer:
-        return Gold(_undelimited(answer))
+        return Gold(undelimited(answer))
     boxed = extract_boxed(_text(record.get("solution")))
     if not boxed:
         raise RowSkipped("MATH solution without a \\boxed{} answer")
@@ -187,7 +192,7 @@ def _plain_gold(record: dict) -> Gold:
         return Gold(str(answer), "bool")
     if isinstance(answer, int | float):  # AMC's 27.0, AIME's 204
         return Gold(_text(answer), "number")
-    return Gold(_undelimited(_text(answer)))
+    return Gold(undelimited(_text(answer)))
 
 
 def _problem(record: dict) -> str:
@@ -250,8 +255,7 @@ def canonical_number(text: str) -> str | None:
 
 def canonical_bool(text: str) -> str | None:
     """`True`, `\\text{yes}`, `No.` -> "True" / "False"; None for anything else."""
-    unwrapped = re.sub(r"\\(?:text|mathrm|textbf|mbox)\{([^{}]*)\}", r"\1", text)
-    return _BOOL_VALUES.get(re.sub(r"[^a-z]", "", unwrapped.lower()))
+    return _BOOL_VALUES.get(re.sub(r"[^a-z]", "", unwrapped(text).lower()))
 
 
 def _typed(gold: Gold) -> tuple[Gold, str | None]:

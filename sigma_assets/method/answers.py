@@ -197,7 +197,7 @@ _NUMBER_TOKEN_RE = re.compile(r"\d+(?:\.\d+)?")
 
 
 def _numbers(text: str) -> set[str]:
-    return {re.sub(r"\.0+$", "", n) for n in _NUMBER_TOKEN_RE.findall(plain_number(text.replace(",", "")))}
+    return {re.sub(r"\.0+$", "", n) for n in _NUMBER_TOKEN_RE.findall(text.replace(",", ""))}
 
 
 def _same_answer(a: str, b: str) -> bool:

@@ -220,7 +220,7 @@ def train(spec: TrainingSpec, log: Callable[[str], None] = print) -> TrainingRes
         log(f"resuming from checkpoint {resume.step} ({resume.steps_lost} steps of the last run lost)")
     elif resume is not None and resume.fresh_because:
         log(resume.fresh_because)
-    saving = profile.checkpoint_steps > 0
+    by_steps = profile.checkpoint_steps > 0
     config = SFTConfig(
         output_dir=str(store.output_dir if store is not None else Path(spec.output_dir) / ".checkpoints"),
         num_train_epochs=profile.epochs,
@@ -241,8 +241,9 @@ def train(spec: TrainingSpec, log: Callable[[str], None] = print) -> TrainingRes
         torch_compile=False,  # minutes of compilation per launch, and fragile across versions
         ddp_find_unused_parameters=False if world_size() > 1 else None,
         logging_steps=profile.logging_steps,
-        save_strategy="steps" if saving and store is not None else "no",
-        save_steps=profile.checkpoint_steps if saving else 500,
+        # A checkpoint every `checkpoint_steps`; the wall-clock interval is the callback's (below).
+        save_strategy="steps" if by_steps and store is not None else "no",
+        save_steps=profile.checkpoint_steps if by_steps else 500,  # 500: the default, unused
         save_total_limit=None,  # the checkpoint store keeps the last `keep_checkpoints` complete ones
         report_to=[],
         seed=profile.seed,
