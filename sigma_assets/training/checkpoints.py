@@ -22,11 +22,13 @@ import os
 import re
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from upath import UPath
+
+from sigma_assets.data.storage import write_atomic
 
 COMPLETE = ".complete"
 FINGERPRINT_FILE = "fingerprint.json"
@@ -97,7 +99,7 @@ class CheckpointStore:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         others = self._other_trainings()
-        self._write(self.dir / FINGERPRINT_FILE, json.dumps(self.fingerprint, indent=2))
+        _write(self.dir / FINGERPRINT_FILE, json.dumps(self.fingerprint, indent=2))
         complete = self.complete_steps()
         if self.local:  # a checkpoint the last run died writing: never resumed from, never mixed into
             for entry in self.output_dir.iterdir():
@@ -118,9 +120,8 @@ class CheckpointStore:
                     shutil.rmtree(folder)
                 self._download(self.dir / f"checkpoint-{step}", folder)
             result = Resume(str(folder), step, max(0, progress - step), None)
-        resume_file = self.output_dir / ".resume.json"
-        resume_file.with_suffix(".tmp").write_text(json.dumps({"launch": self.launch, **result.__dict__}))
-        os.replace(resume_file.with_suffix(".tmp"), resume_file)
+        prepared = {"launch": self.launch, **asdict(result)}
+        _write(UPath(self.output_dir / ".resume.json"), json.dumps(prepared))
         return result
 
     def ready(self) -> Resume | None:
@@ -164,7 +165,7 @@ class CheckpointStore:
         (folder / "training_args.bin").unlink(missing_ok=True)
         if not self.local:
             self._upload(folder, target)
-        self._write(target / COMPLETE, json.dumps({"step": step, "at": time.time()}))
+        _write(target / COMPLETE, json.dumps({"step": step, "at": time.time()}))
         for old in self.complete_steps()[: -self.keep]:
             self._remove(self.dir / f"checkpoint-{old}")
         self.progress(step, force=True)
@@ -175,7 +176,7 @@ class CheckpointStore:
         if not force and not self.local and now - self._last_progress < 30:
             return
         self._last_progress = now
-        self._write(self.dir / PROGRESS_FILE, json.dumps({"step": step, "pid": os.getpid()}))
+        _write(self.dir / PROGRESS_FILE, json.dumps({"step": step, "pid": os.getpid()}))
 
     def _progress(self) -> dict[str, Any]:
         path = self.dir / PROGRESS_FILE
@@ -183,17 +184,6 @@ class CheckpointStore:
             return json.loads(path.read_text()) if path.exists() else {}
         except ValueError:  # not ours to trust: written by a version that did not write atomically
             return {}
-
-    def _write(self, path: UPath, text: str) -> None:
-        """Whole or not at all, so that a process killed mid-write leaves no half a file: a local file is
-        written beside and renamed; an object store puts objects whole."""
-        if not self.local:
-            path.write_text(text)
-            return
-        local = Path(str(path.path))
-        tmp = local.with_name(f".{local.name}.{os.getpid()}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, local)
 
     # -- copying ---------------------------------------------------------------------------------------
 
@@ -210,3 +200,8 @@ class CheckpointStore:
             shutil.rmtree(str(target.path), ignore_errors=True)
         else:
             target.fs.rm(target.path, recursive=True)
+
+
+def _write(path: UPath, text: str) -> None:
+    """Whole or not at all: a process killed mid-write leaves no half a file."""
+    write_atomic(path, text.encode())

@@ -321,7 +321,7 @@ def finetuned_model(
         # Checkpoints under the variant's model folder, so a retried or re-executed run resumes; only the
         # endpoint and region travel in the spec, keys through the trainer's environment.
         options = {k: v for k, v in root.storage_options.items() if k not in ("key", "secret")}
-        checkpoints = str(root.path("models", variant, "checkpoints"))
+        checkpoints = str(model_path(root, variant) / CHECKPOINTS)
         spec = TrainingSpec(
             str(dataset), training.base_model_dir(), str(output), chosen, checkpoints, options
         )
