@@ -112,7 +112,7 @@ def eval_scores(
                     "requests_generated": generated,
                     "completions_reused": len(stored),
                     "seconds": round(timed.seconds, 3),
-                    "problems_per_s": round(generated / timed.seconds, 3) if timed.seconds else None,
+                    "requests_per_s": round(generated / timed.seconds, 3) if timed.seconds else None,
                 }
     table = scoring.accuracy_table(scored)
     deltas = scoring.ablation_deltas(table)
