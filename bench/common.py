@@ -1,4 +1,4 @@
-"""What the benchmarks share: a search whose prompt batches are recorded (to replay them against the
+"""What the benchmarks share: a search whose requests are recorded (to replay them against the
 backend alone), and the section of docs/benchmarks.md each benchmark rewrites."""
 
 from __future__ import annotations
@@ -10,25 +10,26 @@ from pathlib import Path
 from sigma_assets.llm.client import LLMClient
 from sigma_assets.llm.generation import GenerationRequest, Sample
 from sigma_assets.method.grading import AnswerChecker
-from sigma_assets.method.mcts import MCTSSettings, SearchResult, run_search
+from sigma_assets.method.mcts import MCTSSettings, SearchResult, search
 
 
 def recorded_search(
     client: LLMClient, problems: Sequence[tuple[str, str, str]], settings: MCTSSettings
-) -> tuple[SearchResult, list[list[GenerationRequest]], float]:
-    """Run the search through `client`; returns its result, every prompt batch it sent, and its seconds."""
-    batches: list[list[GenerationRequest]] = []
+) -> tuple[SearchResult, list[GenerationRequest], float]:
+    """Run the search through `client` as `mcts_trees` does; returns its result, every request it sent
+    (in the order sent), and its seconds."""
+    sent: list[GenerationRequest] = []
+
+    async def generate(requests: Sequence[GenerationRequest]) -> list[list[Sample]]:
+        sent.extend(requests)
+        return await client.agenerate(requests)
+
     with AnswerChecker() as checker:
         checker.check_many([("1", "1")])  # start the worker before timing
-
-        def generate(requests: Sequence[GenerationRequest]) -> list[list[Sample]]:
-            batches.append(list(requests))
-            return client.generate(requests)
-
         started = time.perf_counter()
-        result = run_search(problems, generate, checker.check_many, settings)
+        result = client.run_coroutine(search(problems, generate, checker.acheck_many, settings))
         seconds = time.perf_counter() - started
-    return result, batches, seconds
+    return result, sent, seconds
 
 
 def replace_section(path: Path, heading: str, text: str) -> None:

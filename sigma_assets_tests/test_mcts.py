@@ -177,8 +177,8 @@ def test_backup_arithmetic_round_by_round() -> None:
     assert (tree.node("0.0.2").visits, tree.node("0.0.2").value_sum) == (4, -2.0)
     assert (tree.node("0.0").visits, tree.node("0.0").value_sum) == (7, -1.0)
     assert (tree.root.visits, tree.root.value_sum) == (9, -3.0)
-    assert [s.generate_calls for s in result.round_stats] == [2, 2, 2]
-    assert [s.check_calls for s in result.round_stats] == [1, 2, 2]
+    # Per simulation one expansion call and one rollout call; checks: rollouts, then terminals and rollouts.
+    assert result.check_calls == 1 + 2 + 2
     assert result.generate_calls == 6 and result.requests == 1 + 3 + 1 + 1 + 1 + 1
     # Two correct leaves; 0.0.0's path has the higher mean Q (0.43 against 0.12).
     assert [n.node_id for n in selected_path(tree)] == ["0", "0.0", "0.0.0"]
@@ -191,7 +191,7 @@ def test_classic_uct_re_selects_a_terminal_and_only_backs_it_up() -> None:
     # Round 3 reaches the right terminal 0.0.0 again: re-backed up (+1) without any model call.
     assert (tree.node("0.0.0").visits, tree.node("0.0.0").value_sum) == (2, 2.0)
     assert (tree.node("0.0").visits, tree.node("0.0").value_sum) == (5, 1.0)
-    assert [s.generate_calls for s in result.round_stats] == [2, 2, 0]
+    assert result.generate_calls == 2 + 2 + 0
 
 
 # --- invariants after a full search -------------------------------------------------------------------
@@ -231,8 +231,8 @@ def check_invariants(tree: Tree, settings: MCTSSettings) -> None:
 @pytest.mark.parametrize("rollout", ["policy", "none"])
 def test_invariants_after_full_search(rollout: str) -> None:
     settings = MCTSSettings(simulations=16, max_depth=4, rollout=rollout, seed=3)  # type: ignore[arg-type]
-    result = run_search(problems(8), random_policy, Checker(), settings)
-    assert result.rounds <= settings.simulations
+    policy = LoggedPolicy()
+    result = run_search(problems(8), policy, Checker(), settings)
     for tree in result.trees:
         assert 1 <= tree.simulations <= settings.simulations
         assert tree.simulations == settings.simulations or tree.exhausted
@@ -250,7 +250,8 @@ def test_invariants_after_full_search(rollout: str) -> None:
             assert not any(n.terminal and n.correct for n in tree.nodes())
             assert not any(r["on_selected_path"] for r in tree_rows(tree))
     if rollout == "none":
-        assert all(s.rollout_requests == 0 for s in result.round_stats)
+        assert all(r.params.stop for call in policy.calls for r in call)  # expansions only
+        assert result.rollout_outcomes == {}
         assert all(n.rollout_answer is None for t in result.trees for n in t.nodes())
     assert any(selected_path(t) for t in result.trees)
 
@@ -444,8 +445,9 @@ def test_exhausted_root_stops_after_one_round() -> None:
 
     checker = Checker()
     result = run_search(problems(3), policy, checker, MCTSSettings(simulations=16))
-    assert result.rounds == 1 and result.generate_calls == 1 and len(checker.calls) == 1
-    assert len(checker.calls[0]) == 9  # every problem's terminals graded in one call
+    # One simulation per tree: one expansion, its three terminals graded in one call.
+    assert result.generate_calls == 3 and [len(call) for call in checker.calls] == [3, 3, 3]
+    assert [t.simulations for t in result.trees] == [1, 1, 1]
     for tree in result.trees:
         assert [n.node_id for n in selected_path(tree)] == ["0", "0.0"]
 
@@ -459,26 +461,20 @@ def test_step_is_cut_at_the_delimiter_even_if_the_backend_does_not() -> None:
     assert all(c.step == "first part" and not c.terminal for c in result.trees[0].root.children)
 
 
-# --- batching across trees -----------------------------------------------------------------------------
+# --- accounting -----------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("count", [1, 5, 20])
-def test_model_calls_per_round_do_not_grow_with_problems(count: int) -> None:
+def test_calls_requests_and_tokens_are_counted(count: int) -> None:
     policy = LoggedPolicy()
-
     checker = Checker()
-    settings = MCTSSettings(simulations=6, max_depth=5)
-    result = run_search(problems(count), policy, checker, settings)
-    assert result.rounds <= settings.simulations
-    assert len(result.round_stats) == result.rounds
-    for stats in result.round_stats:
-        assert stats.generate_calls <= 2 and stats.check_calls <= 2
-        assert stats.expand_requests <= stats.active_trees <= count
-        assert stats.generate_calls == (stats.expand_requests > 0) + (stats.rollout_requests > 0)
-    assert result.generate_calls == len(policy.calls) <= 2 * result.rounds
+    result = run_search(problems(count), policy, checker, MCTSSettings(simulations=6, max_depth=5))
+    assert result.generate_calls == len(policy.calls)
     assert result.requests == sum(len(call) for call in policy.calls)
-    assert len(checker.calls) <= 2 * result.rounds
-    assert result.round_stats[0].expand_requests == count  # every root expanded in one batch
+    assert result.check_calls == len(checker.calls)
+    # Each call is one tree's: an expansion (one request) or the rollouts of one expansion's new steps.
+    assert all(len(call) == 1 for call in policy.calls if call[0].params.stop)
+    assert all(len(call) <= 3 for call in policy.calls)
     samples = sum(r.params.n for call in policy.calls for r in call)
     assert (result.prompt_tokens, result.completion_tokens) == (10 * samples, 5 * samples)
 

@@ -7,7 +7,7 @@ import json
 
 from sigma_assets.llm.backends.openai_compat import OpenAIBackend
 from sigma_assets.llm.generation import GenerationRequest, SamplingParams
-from sigma_assets.method.mcts import MCTSSettings, run_search
+from sigma_assets.method.mcts import MCTSSettings, search
 from sigma_assets.testing.fault_server import FaultServer
 
 
@@ -38,14 +38,17 @@ def test_search_through_a_server_that_refuses_long_prompts_makes_minus_one_termi
     ) as server:
         backend = OpenAIBackend("m", base_url=server.base_url)
 
-        def call(requests):
-            return generate(backend, list(requests))
-
-        def check(pairs):
+        async def check(pairs):
             return [False for _ in pairs]
 
-        settings = MCTSSettings(simulations=16, max_depth=16, step_max_tokens=4, rollout_max_tokens=4)
-        result = run_search([("p", "What is 2 + 2?", "4")], call, check, settings)
+        async def go():
+            settings = MCTSSettings(simulations=16, max_depth=16, step_max_tokens=4, rollout_max_tokens=4)
+            try:
+                return await search([("p", "What is 2 + 2?", "4")], backend.generate, check, settings)
+            finally:
+                await backend.close()
+
+        result = asyncio.run(go())
     tree = result.trees[0]
     overflowed = [n for n in tree.nodes() if n.terminal_reason == "context_overflow"]
     assert overflowed and all(n.correct is False for n in overflowed)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from sigma_assets.llm.accounting import Usage
+from sigma_assets.llm.coalescing import CoalescingBackend
 from sigma_assets.llm.generation import Backend, GenerationRequest, Sample
 from sigma_assets.llm.response_store import ResponseStore, attempt_key, failure_key, sample_key
 
@@ -181,6 +182,10 @@ class LLMClient:
         self.backend = backend
         self.store = store
         self.concurrency = concurrency
+        # An in-process engine batches: calls in flight together go to it as one batch (up to its
+        # `max_batch` requests), so its calls are bounded by that, not by a server's concurrency.
+        self._sender: Backend = CoalescingBackend(backend) if backend.max_batch > 1 else backend
+        self._max_in_flight = max(concurrency, backend.max_batch)
         self.retry = retry
         # A run that succeeded although it gave up on some calls records those outcomes
         # (`record_failures`), so that a replay takes the same branch; `retry_failed` sends them again.
@@ -247,7 +252,7 @@ class LLMClient:
             # asyncio primitives belong to one loop; a caller on another loop (asyncio.run twice) gets a
             # fresh limiter that keeps the learned limit.
             previous = self._limiter
-            self._limiter = AdaptiveLimiter(self.concurrency)
+            self._limiter = AdaptiveLimiter(self._max_in_flight)
             if previous is not None:
                 self._limiter.limit = previous.limit
             self._limiter_loop = loop
@@ -399,7 +404,7 @@ class LLMClient:
                 # only remote calls get a timeout.
                 timeout = None if self.backend.endpoint == "local" else self.retry.timeout_s
                 async with asyncio.timeout(timeout):
-                    samples = await self.backend.generate(sub_requests)
+                    samples = await self._sender.generate(sub_requests)
                 _check_shape(sub_requests, samples)
                 self._account(samples)  # every answer that arrived was paid for, rejected or not
                 records: list[tuple[str, Sample]] = []

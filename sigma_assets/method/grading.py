@@ -10,6 +10,7 @@ answers (`AnswerChecker.ungradeable_reasons`), and a gold answer may hold altern
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import multiprocessing
@@ -307,6 +308,10 @@ class AnswerChecker:
                     for i in todo[key]:
                         results[i] = ok
             return [bool(r) for r in results]
+
+    async def acheck_many(self, pairs: Sequence[tuple[str, str | None]]) -> list[bool]:
+        """`check_many` in a worker thread, so that an event loop goes on sending model calls meanwhile."""
+        return await asyncio.to_thread(self.check_many, pairs)
 
     def ungradeable_reasons(self, answers: Sequence[str]) -> list[str | None]:
         """Why each gold answer cannot grade a prediction, or None where it can, in input order.

@@ -1,10 +1,15 @@
-"""Policy search: grow one MCTS tree per math problem, many trees at once, with batched model calls.
+"""Policy search: grow one MCTS tree per math problem, every tree on its own, all trees at once.
 
-A node holds one reasoning step (text up to the step delimiter). Each search round picks one leaf
-per active tree by UCT, expands every picked leaf with `n_children` sampled steps in ONE `generate`
-call, grades the new terminal steps in ONE checker call, values the new non-terminal steps with one
-rollout each in ONE more `generate` call (plus ONE checker call), and backs the values up. The number
-of model calls per round is therefore constant in the number of problems; only the batch grows.
+A node holds one reasoning step (text up to the step delimiter). A simulation picks a leaf by UCT,
+expands it with `n_children` sampled steps (one request), grades the new terminal steps (one checker
+call), values the new non-terminal steps with one rollout each (one request per rollout, sent together,
+then one checker call), and backs the values up. Each tree runs its simulations as soon as its own answers
+arrive; nothing waits for the other trees, so the server receives requests from every live tree
+continuously and the answer checks run beside generation. A tree's simulations happen in its own order
+with its own seeds (`sampling_seed`), so the trees of a run do not depend on timing, on the other problems
+of the shard or on their order. `parallel_simulations` > 1 runs several simulations of one tree at once,
+each selecting with a virtual loss on the paths in flight (and never a leaf being expanded); the tree then
+depends on the order answers arrive, so it is off by default.
 
 Terminal steps (DESIGN §1). Only an explicit final answer can be correct. A new step is terminal when
   - it states a final answer (`answers.final_answer`: a `\\boxed{}` or "The answer is ..."; the rest of its
@@ -34,9 +39,10 @@ No Dagster imports: the search is a plain function of a `generate` and a `check_
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -48,6 +54,8 @@ from sigma_assets.method.policy_prompt import CHATML_TEMPLATE, policy_prompt
 Generate = Callable[[Sequence[GenerationRequest]], list[list[Sample]]]
 # Pairs are (gold, prediction): gold first, because math-verify's comparison is asymmetric.
 CheckAnswers = Callable[[Sequence[tuple[str, str | None]]], list[bool]]
+AGenerate = Callable[[Sequence[GenerationRequest]], Awaitable[list[list[Sample]]]]
+ACheckAnswers = Callable[[Sequence[tuple[str, str | None]]], Awaitable[list[bool]]]
 
 ROOT_ID = "0"
 
@@ -72,10 +80,18 @@ class MCTSSettings:
     prompt_template: str | None = None
     # Classic UCT re-selects terminals; off, exhausted subtrees are skipped (siblings get explored).
     reselect_terminals: bool = False
+    # Simulations of one tree in flight at once; above 1 each selects with `virtual_loss` counted against
+    # the paths in flight, and the tree depends on the order answers arrive (1: it never does).
+    parallel_simulations: int = 1
+    virtual_loss: float = 1.0
 
     def __post_init__(self) -> None:
         if self.simulations < 1 or self.n_children < 1 or self.max_depth < 1:
             raise ValueError("simulations, n_children and max_depth must be at least 1")
+        if self.parallel_simulations < 1:
+            raise ValueError(f"parallel_simulations must be at least 1, got {self.parallel_simulations}")
+        if self.parallel_simulations > 1 and self.virtual_loss <= 0:
+            raise ValueError("parallel_simulations > 1 needs a positive virtual_loss")
         if self.rollout not in ("policy", "none"):
             raise ValueError(f"rollout must be 'policy' or 'none', got {self.rollout!r}")
         if not self.step_delimiter:
@@ -112,7 +128,7 @@ class Tree:
     problem: str
     gold_answer: str
     root: Node = field(default_factory=lambda: Node(ROOT_ID, None, 0))
-    simulations: int = 0  # selections made so far (each round uses one)
+    simulations: int = 0  # selections made so far (each simulation makes one)
 
     def nodes(self) -> Iterator[Node]:
         """Every node, depth-first in child order (root first)."""
@@ -139,26 +155,16 @@ class Tree:
         return is_exhausted(self.root)
 
 
-@dataclass(frozen=True)
-class RoundStats:
-    round: int
-    active_trees: int
-    expand_requests: int
-    rollout_requests: int
-    generate_calls: int
-    check_calls: int
-
-
 @dataclass
 class SearchResult:
     trees: list[Tree]
-    rounds: int = 0
     generate_calls: int = 0
     requests: int = 0
     check_calls: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    round_stats: list[RoundStats] = field(default_factory=list)
+    # The most model requests the search had awaiting answers at once (all trees together).
+    peak_requests_in_flight: int = 0
     # How each rollout ended: a `final_answer` reason (answer, no_answer, repetition, ...), token_limit or
     # context_overflow.
     rollout_outcomes: dict[str, int] = field(default_factory=dict)
@@ -197,24 +203,35 @@ def select_child(node: Node, exploration: float, candidates: Sequence[Node] | No
     return best
 
 
-def select_leaf(tree: Tree, exploration: float, reselect_terminals: bool = False) -> list[Node]:
+def select_leaf(
+    tree: Tree, exploration: float, reselect_terminals: bool = False, busy: Collection[str] = ()
+) -> list[Node]:
     """Descend from the root by UCT through expanded non-terminal nodes; return the path to the leaf.
 
-    Exhausted children are skipped unless `reselect_terminals`, so the leaf is one still to expand.
+    Exhausted children are skipped unless `reselect_terminals`, so the leaf is one still to expand; so are
+    the leaves in `busy` (being expanded by another simulation) and subtrees with nothing else open.
     """
     path = [tree.root]
     while path[-1].children and not path[-1].terminal:
         node = path[-1]
-        open_children = None if reselect_terminals else [c for c in node.children if not is_exhausted(c)]
+        open_children = (
+            None
+            if reselect_terminals and not busy
+            else [c for c in node.children if not is_exhausted(c, busy, reselect_terminals)]
+        )
         path.append(select_child(node, exploration, open_children))
     return path
 
 
-def is_exhausted(node: Node) -> bool:
-    """True when no unexpanded non-terminal leaf is left below `node` (nothing more to grow)."""
-    if node.terminal:
+def is_exhausted(node: Node, busy: Collection[str] = (), terminals_open: bool = False) -> bool:
+    """True when no unexpanded non-terminal leaf is left below `node` (nothing more to grow).
+
+    Leaves in `busy` count as taken; with `terminals_open`, terminals count as open (classic UCT)."""
+    if node.node_id in busy:
         return True
-    return bool(node.children) and all(is_exhausted(child) for child in node.children)
+    if node.terminal:
+        return not terminals_open
+    return bool(node.children) and all(is_exhausted(c, busy, terminals_open) for c in node.children)
 
 
 def backup(path: Sequence[Node], value: float) -> None:
@@ -273,27 +290,23 @@ def _rollout_outcome(sample: Sample | None, steps: Sequence[str], delimiter: str
     return _RolloutOutcome(verdict.answer, verdict.reason)
 
 
-@dataclass
-class _Expansion:
-    tree: Tree
-    path: list[Node]  # root .. the expanded leaf
+class _Calls:
+    """The search's model and checker calls, counted into its result."""
 
+    def __init__(self, result: SearchResult, generate: AGenerate, check_answers: ACheckAnswers):
+        self.result = result
+        self._generate = generate
+        self._check = check_answers
+        self.in_flight = 0
 
-def run_search(
-    problems: Sequence[tuple[str, str, str]],
-    generate: Generate,
-    check_answers: CheckAnswers,
-    settings: MCTSSettings = MCTSSettings(),
-) -> SearchResult:
-    """Grow one tree per (problem_id, problem, gold_answer), batching every round across all trees."""
-    ids = [problem_id for problem_id, _, _ in problems]
-    if len(set(ids)) != len(ids):
-        raise ValueError("problem ids must be unique")
-    trees = [Tree(str(pid), problem, str(gold)) for pid, problem, gold in problems]
-    result = SearchResult(trees=trees)
-
-    def call_generate(requests: list[GenerationRequest]) -> list[list[Sample]]:
-        responses = generate(requests)
+    async def generate(self, requests: list[GenerationRequest]) -> list[list[Sample]]:
+        result = self.result
+        self.in_flight += len(requests)
+        result.peak_requests_in_flight = max(result.peak_requests_in_flight, self.in_flight)
+        try:
+            responses = await self._generate(requests)
+        finally:
+            self.in_flight -= len(requests)
         if len(responses) != len(requests):
             raise ValueError(f"generate returned {len(responses)} responses for {len(requests)} requests")
         result.generate_calls += 1
@@ -304,141 +317,210 @@ def run_search(
                 result.completion_tokens += sample.completion_tokens
         return responses
 
-    def call_check(pairs: list[tuple[str, str | None]]) -> list[bool]:
-        verdicts = list(check_answers(pairs))
+    async def check(self, pairs: list[tuple[str, str | None]]) -> list[bool]:
+        verdicts = list(await self._check(pairs))
         if len(verdicts) != len(pairs):
             raise ValueError(f"check_answers returned {len(verdicts)} verdicts for {len(pairs)} pairs")
-        result.check_calls += 1
+        self.result.check_calls += 1
         return [bool(v) for v in verdicts]
 
-    def seed_for(tree: Tree, node: Node, purpose: str) -> int:
+
+async def search(
+    problems: Sequence[tuple[str, str, str]],
+    generate: AGenerate,
+    check_answers: ACheckAnswers,
+    settings: MCTSSettings = MCTSSettings(),
+) -> SearchResult:
+    """Grow one tree per (problem_id, problem, gold_answer), every tree on its own (module docstring).
+
+    A tree that fails (its model call failed for good) does not stop the others: every tree runs to its
+    end, so whatever was answered is stored, and then the first failure in problem order is raised.
+    """
+    ids = [problem_id for problem_id, _, _ in problems]
+    if len(set(ids)) != len(ids):
+        raise ValueError("problem ids must be unique")
+    trees = [Tree(str(pid), problem, str(gold)) for pid, problem, gold in problems]
+    result = SearchResult(trees=trees)
+    calls = _Calls(result, generate, check_answers)
+    _raise_first(
+        await asyncio.gather(*(_grow(tree, calls, settings) for tree in trees), return_exceptions=True)
+    )
+    return result
+
+
+def run_search(
+    problems: Sequence[tuple[str, str, str]],
+    generate: Generate,
+    check_answers: CheckAnswers,
+    settings: MCTSSettings = MCTSSettings(),
+) -> SearchResult:
+    """`search` with blocking callables (a scripted policy): the trees are the same, grown one call at a
+    time, since a blocking call holds the event loop."""
+
+    async def agenerate(requests: Sequence[GenerationRequest]) -> list[list[Sample]]:
+        return generate(requests)
+
+    async def acheck(pairs: Sequence[tuple[str, str | None]]) -> list[bool]:
+        return list(check_answers(pairs))
+
+    return asyncio.run(search(problems, agenerate, acheck, settings))
+
+
+async def _grow(tree: Tree, calls: _Calls, settings: MCTSSettings) -> None:
+    """Run a tree's simulations: one after another, or `parallel_simulations` at once with a virtual loss."""
+    if settings.parallel_simulations == 1:
+        while tree.simulations < settings.simulations and not tree.exhausted:
+            tree.simulations += 1
+            await _simulate(
+                tree, select_leaf(tree, settings.exploration, settings.reselect_terminals), calls, settings
+            )
+        return
+    busy: set[str] = set()  # leaves whose expansion is in flight: no other simulation selects them
+    changed = asyncio.Condition()
+
+    async def worker() -> None:
+        while tree.simulations < settings.simulations and not tree.exhausted:
+            if is_exhausted(tree.root, busy, settings.reselect_terminals):
+                async with changed:
+                    await changed.wait()  # a simulation in flight may open new leaves
+                continue
+            tree.simulations += 1
+            path = select_leaf(tree, settings.exploration, settings.reselect_terminals, busy)
+            leaf = path[-1]
+            busy.add(leaf.node_id)
+            _virtual_loss(path, settings.virtual_loss)
+            try:
+                await _simulate(tree, path, calls, settings)
+            finally:
+                _virtual_loss(path, -settings.virtual_loss)
+                busy.discard(leaf.node_id)
+                async with changed:
+                    changed.notify_all()
+
+    _raise_first(
+        await asyncio.gather(
+            *(worker() for _ in range(settings.parallel_simulations)), return_exceptions=True
+        )
+    )
+
+
+def _raise_first(outcomes: Sequence[object]) -> None:
+    """Raise the first exception among gathered outcomes (each ran to its end: nothing is left pending)."""
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+
+
+def _virtual_loss(path: Sequence[Node], loss: float) -> None:
+    """Count a pending simulation as a visit that lost (`loss` > 0), or take it back (`loss` < 0), so that
+    the other simulations in flight select elsewhere."""
+    sign = 1 if loss > 0 else -1
+    for node in path:
+        node.visits += sign
+        node.value_sum -= loss
+
+
+async def _simulate(tree: Tree, path: list[Node], calls: _Calls, settings: MCTSSettings) -> None:
+    """One simulation from the selected `path`: expand its leaf, grade and roll out the new steps, back up."""
+    leaf = path[-1]
+    if leaf.terminal:  # classic UCT reached a terminal: back its own value up again
+        backup(path, 1.0 if leaf.correct else -1.0)
+        return
+
+    def seed_for(node: Node, purpose: str) -> int:
         return sampling_seed(settings.seed, settings.temperature, tree.problem_id, node.node_id, purpose)
 
-    def prompt_for(tree: Tree, path: Sequence[Node]) -> str:
-        steps = [n.step for n in path[1:]]
+    def prompt_for(nodes: Sequence[Node]) -> str:
+        steps = [n.step for n in nodes[1:]]
         return policy_prompt(
             tree.problem, steps, settings.prompt_template or CHATML_TEMPLATE, settings.step_delimiter
         )
 
-    while True:
-        active = [t for t in trees if t.simulations < settings.simulations and not t.exhausted]
-        if not active:
-            break
-        result.rounds += 1
-        calls_before, checks_before = result.generate_calls, result.check_calls
+    # Expansion: one request, n_children samples.
+    expand = GenerationRequest(
+        prompt=prompt_for(path),
+        params=SamplingParams(
+            n=settings.n_children,
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            max_tokens=settings.step_max_tokens,
+            stop=(settings.step_delimiter,),
+            seed=seed_for(leaf, "expand"),
+        ),
+    )
+    samples = (await calls.generate([expand]))[0]
+    if not samples:
+        raise ValueError(f"no samples to expand node {leaf.node_id} of {tree.problem_id}")
+    if any(sample.finish_reason == "context_overflow" for sample in samples):
+        # Nothing more fits after this leaf: it ends here, with no answer.
+        leaf.terminal, leaf.terminal_reason, leaf.correct = True, "context_overflow", False
+        backup(path, -1.0)
+        return
+    history = [n.step for n in path[1:]]
+    new_children: list[Node] = []
+    for sample in samples:
+        step = cut_step(sample.text, settings.step_delimiter)
+        same = next((c for c in leaf.children if _same_step(c.step, step)), None)
+        if same is not None:
+            same.samples += 1
+            continue
+        child = Node(f"{leaf.node_id}.{len(leaf.children)}", leaf.node_id, leaf.depth + 1, step)
+        classify_step(child, sample, history, settings.max_depth, settings.step_delimiter)
+        leaf.children.append(child)
+        new_children.append(child)
 
-        # 1. Selection: one leaf per active tree (classic UCT may reach a terminal: re-back it up).
-        expansions: list[_Expansion] = []
-        for tree in active:
-            tree.simulations += 1
-            path = select_leaf(tree, settings.exploration, settings.reselect_terminals)
-            leaf = path[-1]
-            if leaf.terminal:
-                backup(path, 1.0 if leaf.correct else -1.0)
-            else:
-                expansions.append(_Expansion(tree, path))
+    # Grade the new answered terminals in one checker call (the others are wrong without asking).
+    graded = [c for c in new_children if c.terminal and c.answer is not None]
+    for child in new_children:
+        if child.terminal and child.answer is None:
+            child.correct = False
+    if graded:
+        verdicts = await calls.check([(tree.gold_answer, c.answer) for c in graded])
+        for child, ok in zip(graded, verdicts, strict=True):
+            child.correct = ok
 
-        # 2. Expansion: one request per selected leaf, n_children samples each, in one call.
-        new_children: list[tuple[_Expansion, Node]] = []
-        if expansions:
-            requests = [
-                GenerationRequest(
-                    prompt=prompt_for(e.tree, e.path),
-                    params=SamplingParams(
-                        n=settings.n_children,
-                        temperature=settings.temperature,
-                        top_p=settings.top_p,
-                        max_tokens=settings.step_max_tokens,
-                        stop=(settings.step_delimiter,),
-                        seed=seed_for(e.tree, e.path[-1], "expand"),
-                    ),
-                )
-                for e in expansions
-            ]
-            for e, samples in zip(expansions, call_generate(requests), strict=True):
-                leaf = e.path[-1]
-                if not samples:
-                    raise ValueError(f"no samples to expand node {leaf.node_id} of {e.tree.problem_id}")
-                if any(sample.finish_reason == "context_overflow" for sample in samples):
-                    # Nothing more fits after this leaf: it ends here, with no answer.
-                    leaf.terminal, leaf.terminal_reason, leaf.correct = True, "context_overflow", False
-                    backup(e.path, -1.0)
-                    continue
-                history = [n.step for n in e.path[1:]]
-                for sample in samples:
-                    step = cut_step(sample.text, settings.step_delimiter)
-                    same = next((c for c in leaf.children if _same_step(c.step, step)), None)
-                    if same is not None:
-                        same.samples += 1
-                        continue
-                    child = Node(f"{leaf.node_id}.{len(leaf.children)}", leaf.node_id, leaf.depth + 1, step)
-                    classify_step(child, sample, history, settings.max_depth, settings.step_delimiter)
-                    leaf.children.append(child)
-                    new_children.append((e, child))
-
-        # 3. Grade the new answered terminals in one checker call (the others are wrong without asking).
-        graded = [(e, c) for e, c in new_children if c.terminal and c.answer is not None]
-        for _, child in new_children:
-            if child.terminal and child.answer is None:
-                child.correct = False
-        if graded:
-            verdicts = call_check([(e.tree.gold_answer, c.answer) for e, c in graded])
-            for (_, child), ok in zip(graded, verdicts, strict=True):
-                child.correct = ok
-
-        # 4. Rollouts for the new non-terminal children, one call, then one checker call.
-        open_children = [(e, c) for e, c in new_children if not c.terminal]
-        if open_children and settings.rollout == "policy":
-            requests = [
-                GenerationRequest(
-                    prompt=prompt_for(e.tree, [*e.path, c]),
-                    params=SamplingParams(
-                        n=1,
-                        temperature=settings.temperature,
-                        top_p=settings.top_p,
-                        max_tokens=settings.rollout_max_tokens,
-                        seed=seed_for(e.tree, c, "rollout"),
-                    ),
-                )
-                for e, c in open_children
-            ]
-            responses = call_generate(requests)
-            answered: list[tuple[_Expansion, Node]] = []
-            for (e, child), samples in zip(open_children, responses, strict=True):
-                steps = [n.step for n in e.path[1:]] + [child.step]
-                outcome = _rollout_outcome(samples[0] if samples else None, steps, settings.step_delimiter)
-                result.rollout_outcomes[outcome.reason] = result.rollout_outcomes.get(outcome.reason, 0) + 1
-                child.rollout_answer = outcome.answer
-                if outcome.answer is None:
-                    child.rollout_correct = False
-                else:
-                    answered.append((e, child))
-            if answered:
-                verdicts = call_check([(e.tree.gold_answer, c.rollout_answer) for e, c in answered])
-                for (_, child), ok in zip(answered, verdicts, strict=True):
-                    child.rollout_correct = ok
-
-        # 5. Backup: every new child is one evaluation, backed up through its ancestors.
-        for e, child in new_children:
-            if child.terminal:
-                value = 1.0 if child.correct else -1.0
-            elif settings.rollout == "policy":
-                value = 1.0 if child.rollout_correct else -1.0
-            else:
-                value = 0.0
-            backup([*e.path, child], value)
-
-        result.round_stats.append(
-            RoundStats(
-                round=result.rounds,
-                active_trees=len(active),
-                expand_requests=len(expansions),
-                rollout_requests=len(open_children) if settings.rollout == "policy" else 0,
-                generate_calls=result.generate_calls - calls_before,
-                check_calls=result.check_calls - checks_before,
+    # Rollouts for the new non-terminal children, in one call, then one checker call.
+    open_children = [c for c in new_children if not c.terminal]
+    if open_children and settings.rollout == "policy":
+        requests = [
+            GenerationRequest(
+                prompt=prompt_for([*path, c]),
+                params=SamplingParams(
+                    n=1,
+                    temperature=settings.temperature,
+                    top_p=settings.top_p,
+                    max_tokens=settings.rollout_max_tokens,
+                    seed=seed_for(c, "rollout"),
+                ),
             )
-        )
-    return result
+            for c in open_children
+        ]
+        answered: list[Node] = []
+        outcomes = calls.result.rollout_outcomes
+        for child, rolled in zip(open_children, await calls.generate(requests), strict=True):
+            outcome = _rollout_outcome(
+                rolled[0] if rolled else None, [*history, child.step], settings.step_delimiter
+            )
+            outcomes[outcome.reason] = outcomes.get(outcome.reason, 0) + 1
+            child.rollout_answer = outcome.answer
+            if outcome.answer is None:
+                child.rollout_correct = False
+            else:
+                answered.append(child)
+        if answered:
+            verdicts = await calls.check([(tree.gold_answer, c.rollout_answer) for c in answered])
+            for child, ok in zip(answered, verdicts, strict=True):
+                child.rollout_correct = ok
+
+    # Backup: every new child is one evaluation, backed up through its ancestors.
+    for child in new_children:
+        if child.terminal:
+            value = 1.0 if child.correct else -1.0
+        elif settings.rollout == "policy":
+            value = 1.0 if child.rollout_correct else -1.0
+        else:
+            value = 0.0
+        backup([*path, child], value)
 
 
 def node_id_key(node_id: str) -> tuple[int, ...]:

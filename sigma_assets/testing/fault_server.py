@@ -77,6 +77,8 @@ class FaultConfig:
 
     model: str = "fault-model"
     latency_s: float = 0.0  # asyncio.sleep before every generation request, faulty ones included
+    # Up to this much more, drawn per request from an unseeded generator: answers arrive in no fixed order.
+    latency_jitter_s: float = 0.0
     fault_rate: float = 0.0  # probability (0..1) that a request gets a random fault from fault_kinds
     fault_kinds: tuple[str, ...] = ("429", "500")
     retry_after_s: float = 0.05  # Retry-After value sent with injected 429s
@@ -280,8 +282,9 @@ def build_app(state: _State) -> web.Application:
         state.in_flight += 1
         state.max_in_flight = max(state.max_in_flight, state.in_flight)
         try:
-            if state.config.latency_s > 0:
-                await asyncio.sleep(state.config.latency_s)
+            latency = state.config.latency_s + random.uniform(0.0, state.config.latency_jitter_s)
+            if latency > 0:
+                await asyncio.sleep(latency)
             if fault == "429":
                 return _json_response(_BODY_429, 429, state.headers_429)
             if fault == "500":

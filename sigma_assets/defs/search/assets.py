@@ -1,4 +1,4 @@
-"""mcts_trees and sibling_sets: batched MCTS with the policy model, then each selected step's siblings."""
+"""mcts_trees and sibling_sets: MCTS with the policy model, every tree on its own, then the siblings."""
 
 from collections import Counter
 from dataclasses import asdict, replace
@@ -21,7 +21,7 @@ from sigma_assets.defs.shared.partitions import (
 from sigma_assets.defs.shared.resources import ModelResource, StorageResource
 from sigma_assets.method.budgets import search_budget
 from sigma_assets.method.grading import AnswerChecker
-from sigma_assets.method.mcts import SELECTION_RULE, MCTSSettings, run_search, selected_path
+from sigma_assets.method.mcts import SELECTION_RULE, MCTSSettings, search, selected_path
 from sigma_assets.method.policy_prompt import policy_prompt, resolve_policy_prompt
 from sigma_assets.method.previews import (
     render_sibling_sets_markdown,
@@ -69,7 +69,7 @@ def mcts_trees(
         policy.client(storage.root(), store_namespace("policy", context)) as client,
         AnswerChecker(timeout_s=config.answer_timeout_s) as checker,
     ):
-        result = run_search(problems, client.generate, checker.check_many, settings)
+        result = client.run_coroutine(search(problems, client.agenerate, checker.acheck_many, settings))
         usage, timeouts = client.usage, checker.timeouts
     frame = pl.DataFrame(
         [row for tree in result.trees for row in tree_rows(tree)], schema=polars_schema(TREE_COLUMNS)
@@ -86,8 +86,10 @@ def mcts_trees(
             "solved": len(solved),
             "solved_share": round(len(solved) / len(result.trees), 4) if result.trees else 0.0,
             "mean_depth": round(float(steps["depth"].mean() or 0.0), 3),
-            "rounds": result.rounds,
             "generate_calls": result.generate_calls,
+            "peak_requests_in_flight": result.peak_requests_in_flight,
+            "simulations_in_flight_per_tree": settings.parallel_simulations,
+            "virtual_loss": settings.virtual_loss if settings.parallel_simulations > 1 else "off",
             "merged_duplicate_steps": int((steps["samples"] - 1).sum()),
             "context_overflows": reasons["context_overflow"]
             + result.rollout_outcomes.get("context_overflow", 0),
