@@ -27,6 +27,14 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: needs the real SmolLM2 model or takes more than a few seconds")
 
 
+@pytest.fixture(autouse=True)
+def journal_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test's own response journal (a store on S3 journals answers locally before shipping them)."""
+    folder = tmp_path / "journal"
+    monkeypatch.setenv("SIGMA_JOURNAL_DIR", str(folder))
+    return folder
+
+
 # -- object storage -----------------------------------------------------------------------------------
 
 

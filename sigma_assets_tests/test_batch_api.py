@@ -1,5 +1,6 @@
-"""The Batch API mode against the fault server's /v1/files and /v1/batches: completing, expiring and
-partly failing batches, and a crash between submitting a batch and its completion."""
+"""The Batch API as a way of sending, below the client, against the fault server's /v1/files and
+/v1/batches: completing, expiring and partly failing batches, answers validated and stored like online
+ones, and a crash between submitting a batch and its completion."""
 
 from __future__ import annotations
 
@@ -16,9 +17,9 @@ import pytest
 from upath import UPath
 
 from sigma_assets.llm.accounting import price_of
+from sigma_assets.llm.backends.openai_batch import BatchAPIBackend
 from sigma_assets.llm.backends.openai_compat import OpenAIBackend
-from sigma_assets.llm.batch_api import run_batches
-from sigma_assets.llm.client import LLMClient, RetrySettings
+from sigma_assets.llm.client import LLMClient, Prefill, RetrySettings
 from sigma_assets.llm.generation import GenerationRequest, SamplingParams, user
 from sigma_assets.llm.response_store import ResponseStore
 from sigma_assets.testing.fault_server import FaultServer, FaultServerProcess
@@ -39,6 +40,11 @@ def client_for(base_url: str, root: Path) -> LLMClient:
     return LLMClient(OpenAIBackend(MODEL, base_url=base_url), store, retry=RetrySettings(max_attempts=3))
 
 
+def batches_for(client: LLMClient) -> BatchAPIBackend:
+    assert client.store is not None and isinstance(client.backend, OpenAIBackend)
+    return BatchAPIBackend(client.backend, client.store.directory / "batches", poll_s=0.01)
+
+
 def chat_requests(srv: FaultServer) -> int:
     return int(srv.stats()["requests"]["/v1/chat/completions"])
 
@@ -47,8 +53,10 @@ def test_a_completed_batch_fills_the_store_at_half_price(tmp_path: Path) -> None
     asked = requests(5)
     with FaultServer(model=MODEL) as srv:
         with client_for(srv.base_url, tmp_path) as client:
-            report = run_batches(client, asked, poll_s=0.01)
-            assert report.batches_created == 1 and report.lines_sent == 5 and report.still_missing == 0
+            batches = batches_for(client)
+            report = client.prefill(asked, via=batches)
+            assert report == Prefill(asked=5, calls=1, answered=5, still_missing=0)
+            assert batches.counts.batches_created == 1 and batches.counts.lines_sent == 5
             rows = client.generate(asked)  # the stage itself: answered from the store
             assert chat_requests(srv) == 0 and all(row[0].text.startswith("reply ") for row in rows)
             usage = client.usage
@@ -58,9 +66,10 @@ def test_a_completed_batch_fills_the_store_at_half_price(tmp_path: Path) -> None
             usage.batch_prompt_tokens * prompt_price + usage.batch_completion_tokens * completion_price
         ) / 1e6
         assert usage.batch_requests == 5 and usage.cost_usd == pytest.approx(full / 2) and full > 0
+        assert usage.prompt_tokens == usage.completion_tokens == 0  # nothing billed at the online price
         # The same answers online would have been sent as these bodies: a rerun sends nothing at all.
         with client_for(srv.base_url, tmp_path) as again:
-            assert run_batches(again, asked, poll_s=0.01).rounds == 0
+            assert again.prefill(asked, via=batches_for(again)).asked == 0
             assert [r[0].text for r in again.generate(asked)] == [r[0].text for r in rows]
             assert again.usage.spent_before_usd == pytest.approx(full / 2)
         assert chat_requests(srv) == 0 and srv.stats()["batches_created"] == 1
@@ -70,50 +79,86 @@ def test_an_expired_batch_resubmits_only_what_is_missing(tmp_path: Path) -> None
     asked = requests(6)
     with FaultServer(model=MODEL, batch_outcome="expired") as srv:
         with client_for(srv.base_url, tmp_path) as client:
-            first = run_batches(client, asked, poll_s=0.01, max_rounds=1)
-            assert first.answers_stored == 3 and first.still_missing == 3
+            first = client.prefill(asked, via=batches_for(client), max_sends=1)
+            assert first.answered == 3 and first.still_missing == 3
+            assert client.usage.failures == {"batch_expired": 1}
             srv.configure(batch_outcome="completed")
-            second = run_batches(client, asked, poll_s=0.01)
-            assert second.lines_sent == 3 and second.still_missing == 0
+            batches = batches_for(client)
+            second = client.prefill(asked, via=batches)
+            assert second.asked == 3 and second.still_missing == 0 and batches.counts.lines_sent == 3
             client.generate(asked)
         assert srv.stats()["batch_lines"] == 6 + 3 and chat_requests(srv) == 0
 
 
-def test_a_partly_failed_batch_resubmits_the_failed_lines(tmp_path: Path) -> None:
+def test_a_partly_failed_batch_resubmits_the_failed_lines_through_the_client_retry(tmp_path: Path) -> None:
     asked = requests(6)
     with FaultServer(model=MODEL, batch_outcome="partial") as srv:
         with client_for(srv.base_url, tmp_path) as client:
-            report = run_batches(client, asked, poll_s=0.01)
+            batches = batches_for(client)
+            report = client.prefill(asked, via=batches)
             client.generate(asked)
-        # Lines 3 and 6 failed in the first batch; the second carried only those two, and both came back.
-        assert report.rounds == 2 and report.batches_created == 2 and report.still_missing == 0
+        # Lines 3 and 6 failed in the first batch; the client's retry sent only those two, and both came.
+        assert report.calls == 2 and batches.counts.batches_created == 2 and report.still_missing == 0
         assert srv.stats()["batch_lines"] == 6 + 2 and chat_requests(srv) == 0
 
 
-def test_rejected_batch_answers_are_stored_and_retried_online(tmp_path: Path) -> None:
-    asked = requests(2)
-
-    def validate(sample) -> None:
-        if sample.text != "fine sample 0":
-            raise ValueError("not what we want")
-
-    with FaultServer(
+def fussy_server() -> FaultServer:
+    """Answers that fail validation at the first attempt (seed 0), and pass at every later one."""
+    return FaultServer(
         model=MODEL, responder=lambda req, i: "no" if req.get("seed") == 0 else "fine sample 0"
-    ) as srv:
+    )
+
+
+def validate(sample) -> None:
+    if sample.text != "fine sample 0":
+        raise ValueError("not what we want")
+
+
+def test_a_rejected_batch_answer_is_retried_by_the_client_in_the_next_batch(tmp_path: Path) -> None:
+    asked = requests(2)
+    with fussy_server() as srv:
         with client_for(srv.base_url, tmp_path) as client:
-            report = run_batches(client, asked, validate, poll_s=0.01, max_rounds=1)
-            assert report.answers_stored == 2 and report.still_missing == 2
-            rows = client.generate(asked, validate)  # the next attempt (another seed) goes online
-            assert [r[0].text for r in rows] == ["fine sample 0"] * 2 and chat_requests(srv) == 2
+            report = client.prefill(asked, validate, via=batches_for(client))
+            assert report == Prefill(asked=2, calls=2, answered=2, still_missing=0)
+            assert client.usage.rejected == 2 and client.usage.failures == {"invalid": 2}
+            rows = client.generate(asked, validate)
+            assert [r[0].text for r in rows] == ["fine sample 0"] * 2
+        assert chat_requests(srv) == 0 and srv.stats()["batches_created"] == 2
+        # Stored by the client's code: the rejected first answers with their reason, the accepted second.
         store = ResponseStore(UPath(tmp_path), "critic/shard-000").load()
-        assert sum(1 for s in store.samples() if s.rejected and s.batch) == 2
+        assert sorted((s.text, s.rejected, s.batch) for s in store.samples()) == [
+            ("fine sample 0", None, True),
+            ("fine sample 0", None, True),
+            ("no", "not what we want", True),
+            ("no", "not what we want", True),
+        ]
+        # Replayed by the client's code: a new client on the store sends nothing.
+        with client_for(srv.base_url, tmp_path) as again:
+            assert [r[0].text for r in again.generate(asked, validate)] == ["fine sample 0"] * 2
+        assert chat_requests(srv) == 0 and srv.stats()["batches_created"] == 2
+
+
+def test_what_no_batch_answered_goes_online_with_its_attempt_number(tmp_path: Path) -> None:
+    asked = requests(2)
+    with fussy_server() as srv, client_for(srv.base_url, tmp_path) as client:
+        report = client.prefill(asked, validate, via=batches_for(client), max_sends=1)
+        assert report.still_missing == 2 and not client.failed  # not given up on: left for online
+        rows = client.generate(asked, validate)  # the next attempt (another seed) goes online
+        assert [r[0].text for r in rows] == ["fine sample 0"] * 2 and chat_requests(srv) == 2
+
+
+def test_a_batch_backend_must_answer_as_the_client_model(tmp_path: Path) -> None:
+    with FaultServer(model=MODEL) as srv, client_for(srv.base_url, tmp_path) as client:
+        other = OpenAIBackend("gpt-4o", base_url=srv.base_url)
+        with pytest.raises(ValueError, match="another model"):
+            client.prefill(requests(1), via=BatchAPIBackend(other, UPath(tmp_path) / "b"))
 
 
 CRASH_CHILD = """
 import sys
 from upath import UPath
+from sigma_assets.llm.backends.openai_batch import BatchAPIBackend
 from sigma_assets.llm.backends.openai_compat import OpenAIBackend
-from sigma_assets.llm.batch_api import run_batches
 from sigma_assets.llm.generation import GenerationRequest, SamplingParams, user
 from sigma_assets.llm.client import LLMClient
 from sigma_assets.llm.response_store import ResponseStore
@@ -125,8 +170,10 @@ asked = [
 ]
 store = ResponseStore(UPath(root), "critic/shard-000").load()
 with LLMClient(OpenAIBackend("gpt-4o-mini", base_url=base_url), store) as client:
-    report = run_batches(client, asked, poll_s=0.05)
-print("REPORT", report.batches_created, report.batches_resumed, report.still_missing, flush=True)
+    batches = BatchAPIBackend(client.backend, store.directory / "batches", poll_s=0.05)
+    report = client.prefill(asked, via=batches)
+counts = batches.counts
+print("REPORT", counts.batches_created, counts.batches_resumed, report.still_missing, flush=True)
 """
 
 

@@ -259,7 +259,8 @@ def test_batch_api_mode_sends_each_stage_as_one_batch(tmp_path):
     assert stats["batches_created"] == 2 and stats["batch_lines"] == 2 * refined.height
     assert stats["requests"]["/v1/chat/completions"] == 0
     metadata = result.asset_materializations_for_node("refined_paths")[0].metadata
-    assert metadata["critic_batch_answers_stored"].value == refined.height
+    assert metadata["critic_batch_answered"].value == refined.height
+    assert metadata["critic_batches_created"].value == 1 and metadata["critic_batch_still_missing"].value == 0
     assert metadata["critic_cost_usd"].value > 0  # the revision batch, billed at half price
     assert metadata["critic_spent_usd_so_far"].value > metadata["critic_cost_usd"].value  # + critiques
 

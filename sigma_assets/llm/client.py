@@ -247,6 +247,56 @@ class LLMClient:
     async def agenerate(
         self, requests: Sequence[GenerationRequest], validate: Validator | None = None
     ) -> list[list[Sample]]:
+        results, errors = await self._generate(
+            requests, validate, _Send(self._sender, self.retry.max_attempts, remember=True)
+        )
+        if errors:
+            raise min(errors, key=lambda item: item[0])[1]
+        return results
+
+    def prefill(
+        self,
+        requests: Sequence[GenerationRequest],
+        validate: Validator | None = None,
+        *,
+        via: Backend,
+        max_sends: int = 3,
+    ) -> Prefill:
+        """Answer what the store cannot yet through another way of sending (the Batch API), with this
+        client's validation, store and accounting, each request at most `max_sends` times (blocking).
+
+        What is still unanswered then is not remembered as failed: a later `generate` sends it through
+        the client's own backend, the attempt numbering going on where the prefill stopped."""
+        return self._run(self.aprefill(requests, validate, via=via, max_sends=max_sends))
+
+    async def aprefill(
+        self,
+        requests: Sequence[GenerationRequest],
+        validate: Validator | None = None,
+        *,
+        via: Backend,
+        max_sends: int = 3,
+    ) -> Prefill:
+        for name in ("name", "endpoint", "model"):
+            if getattr(via, name) != getattr(self.backend, name):
+                raise ValueError(f"{via!r} answers as another model than this client's ({name} differs)")
+        missing = self.unanswered(requests, validate)
+        requests_before = self.usage.requests
+        await self._generate(
+            missing, validate, _Send(via, min(max_sends, self.retry.max_attempts), remember=False)
+        )
+        still_missing = len(self.unanswered(missing, validate))
+        return Prefill(
+            asked=len(missing),
+            calls=self.usage.requests - requests_before,
+            answered=len(missing) - still_missing,
+            still_missing=still_missing,
+        )
+
+    async def _generate(
+        self, requests: Sequence[GenerationRequest], validate: Validator | None, send: _Send
+    ) -> tuple[list[list[Sample]], list[tuple[int, RequestFailed]]]:
+        """Per request its samples, and the failures by request position (the first one per call)."""
         loop = asyncio.get_running_loop()
         if self._limiter is None or self._limiter_loop is not loop:
             # asyncio primitives belong to one loop; a caller on another loop (asyncio.run twice) gets a
@@ -301,28 +351,35 @@ class LLMClient:
             results.append(row)
             for attempt, todo in sorted(by_attempt.items()):
                 units.append(_Unit(position, request, keys, todo, attempt))
-        step = max(1, backend.max_batch)
+        step = max(1, send.sender.max_batch)
         batches = [units[i : i + step] for i in range(0, len(units), step)]
         outcomes = await asyncio.gather(
-            *(self._call(batch, validate, results, generated) for batch in batches), return_exceptions=True
+            *(self._call(batch, validate, results, generated, send) for batch in batches),
+            return_exceptions=True,
         )
-        # Every call has finished (what arrived is stored): now the first failure, in request order.
-        errors = [(batch[0].position, o) for batch, o in zip(batches, outcomes, strict=True) if o is not None]
+        # Every call has finished (what arrived is stored): the failures, by request position.
+        errors: list[tuple[int, Any]] = [
+            (batch[0].position, o) for batch, o in zip(batches, outcomes, strict=True) if o is not None
+        ]
+        if any(not isinstance(error, RequestFailed) for _, error in errors):  # a bug or a store failure
+            raise next(error for _, error in errors if not isinstance(error, RequestFailed))
         errors += failures
-        if errors:
-            raise min(errors, key=lambda item: item[0])[1]
         for position, index, key in duplicates:
-            results[position][index] = generated[key]
-        return [[sample for sample in row if sample is not None] for row in results]
+            results[position][index] = generated.get(key)
+        return [[sample for sample in row if sample is not None] for row in results], errors
 
-    def unanswered(self, requests: Sequence[GenerationRequest]) -> list[GenerationRequest]:
+    def unanswered(
+        self, requests: Sequence[GenerationRequest], validate: Validator | None = None
+    ) -> list[GenerationRequest]:
         """The requests some sample of which the store cannot answer (what a call would still send)."""
         backend = self.backend
         return [
             request
             for request in requests
             if any(
-                self._stored(sample_key(backend.name, backend.endpoint, backend.model, request, i), None)[0]
+                self._stored(sample_key(backend.name, backend.endpoint, backend.model, request, i), validate)[
+                    0
+                ]
                 is None
                 for i in range(request.params.n)
             )
@@ -382,6 +439,7 @@ class LLMClient:
         validate: Validator | None,
         results: list[list[Sample | None]],
         generated: dict[str, Sample],
+        send: _Send,
     ) -> RequestFailed | None:
         """Generate the samples of a batch, holding a concurrency slot until each answer is durable.
 
@@ -400,16 +458,27 @@ class LLMClient:
             started = time.monotonic()
             try:
                 self.usage.requests += 1
-                # An in-process engine cannot be interrupted (its thread would run on, holding the model):
-                # only remote calls get a timeout.
-                timeout = None if self.backend.endpoint == "local" else self.retry.timeout_s
-                async with asyncio.timeout(timeout):
-                    samples = await self._sender.generate(sub_requests)
-                _check_shape(sub_requests, samples)
-                self._account(samples)  # every answer that arrived was paid for, rejected or not
+                # An in-process engine cannot be interrupted (its thread would run on, holding the model),
+                # and a batch takes its window: only calls to a server get a timeout.
+                timeout = getattr(send.sender, "call_timeout_s", self.retry.timeout_s)
+                if self.backend.endpoint == "local":
+                    timeout = None
+                partial: PartialResults | None = None
+                try:
+                    async with asyncio.timeout(timeout):
+                        rows: list[list[Sample] | None] = list(await send.sender.generate(sub_requests))
+                except PartialResults as exc:  # some rows came back: keep them, resend the rest
+                    partial, rows = exc, exc.rows
+                _check_shape(sub_requests, rows)
+                self._account(rows)  # every answer that arrived was paid for, rejected or not
                 records: list[tuple[str, Sample]] = []
                 still: list[_Unit] = []
-                for unit, row in zip(pending, samples, strict=True):
+                for unit, row in zip(pending, rows, strict=True):
+                    if row is None:
+                        assert partial is not None
+                        unit.error, unit.kind = f"{partial.kind}: {partial}", partial.kind
+                        still.append(unit)
+                        continue
                     rejected: list[int] = []
                     for index, sample in zip(unit.todo, row, strict=True):
                         key = attempt_key(unit.keys[index], unit.attempt)
@@ -433,6 +502,9 @@ class LLMClient:
                     await self.store.put_many(records)
                 self._limiter.on_success()
                 pending = still
+                if partial is not None:
+                    self.usage.fault(partial.kind)
+                    delay = self.retry.backoff(pending[0].sends, None)
             except (RetryableError, TimeoutError) as exc:
                 error = exc if isinstance(exc, RetryableError) else RequestTimeout("backend call timed out")
                 self.usage.fault(error.kind)
@@ -448,19 +520,21 @@ class LLMClient:
                 self._limiter.release()
             if not pending:
                 return None
-            spent = [u for u in pending if u.sends >= self.retry.max_attempts or u.kind == "fatal"]
+            spent = [u for u in pending if u.sends >= send.max_sends or u.kind == "fatal"]
             if spent:
-                return self._give_up(spent, batch)
+                return self._give_up(spent, batch, send.remember)
             self.usage.retries += 1
             if delay:
                 await asyncio.sleep(delay)
 
-    def _give_up(self, spent: list[_Unit], batch: list[_Unit]) -> RequestFailed:
+    def _give_up(self, spent: list[_Unit], batch: list[_Unit], remember: bool) -> RequestFailed:
         """Remember every unfinished sample of the batch as failed, so no layer above sends it again."""
         first = spent[0]
         failure = RequestFailed(
             first.keys[first.todo[0]], first.error, first.sends, first.kind, first.attempt
         )
+        if not remember:
+            return failure
         for unit in batch:
             for index in unit.todo:
                 key = unit.keys[index]
@@ -469,11 +543,18 @@ class LLMClient:
                     self.failed[key] = RequestFailed(key, reason, unit.sends, unit.kind, unit.attempt)
         return failure
 
-    def _account(self, samples: list[list[Sample]]) -> None:
-        for row in samples:
-            for sample in row:
-                self.usage.prompt_tokens += sample.prompt_tokens
-                self.usage.completion_tokens += sample.completion_tokens
+    def _account(self, rows: Sequence[list[Sample] | None]) -> None:
+        usage = self.usage
+        for row in rows:
+            for sample in row or ():
+                if sample.batch:  # billed at the Batch API's price
+                    usage.batch_prompt_tokens += sample.prompt_tokens
+                    usage.batch_completion_tokens += sample.completion_tokens
+                else:
+                    usage.prompt_tokens += sample.prompt_tokens
+                    usage.completion_tokens += sample.completion_tokens
+            if row and row[0].batch:
+                usage.batch_requests += 1
 
 
 # A seed stride per attempt, far from the small offsets callers use for their own resamples.
@@ -504,13 +585,41 @@ class _Unit:
         return replace(self.request, params=replace(params, n=len(self.todo), seed=seed))
 
 
-def _check_shape(requests: Sequence[GenerationRequest], samples: list[list[Sample]]) -> None:
+@dataclass(frozen=True)
+class _Send:
+    """How one call sends: through which backend, at most how often per sample, and whether a request
+    that ran out of sends is remembered as failed (never for a prefill)."""
+
+    sender: Backend
+    max_sends: int
+    remember: bool
+
+
+@dataclass(frozen=True)
+class Prefill:
+    asked: int  # requests the store could not answer
+    calls: int  # calls made (a Batch API call is one batch)
+    answered: int  # requests answered in full
+    still_missing: int  # left for the client's own backend
+
+
+class PartialResults(RetryableError):
+    """A backend call that answered only some of its requests (a batch that expired or partly failed):
+    `rows[i]` is request i's samples, or None; the client keeps the rows and resends the rest."""
+
+    def __init__(self, message: str, rows: list[list[Sample] | None], kind: str):
+        super().__init__(message)
+        self.rows = rows
+        self.kind = kind
+
+
+def _check_shape(requests: Sequence[GenerationRequest], samples: Sequence[list[Sample] | None]) -> None:
     if len(samples) != len(requests) or any(
-        len(row) != request.params.n for row, request in zip(samples, requests, strict=False)
+        row is not None and len(row) != request.params.n
+        for row, request in zip(samples, requests, strict=False)
     ):
-        raise InvalidResponse(
-            f"backend returned {[len(r) for r in samples]} samples for n={[r.params.n for r in requests]}"
-        )
+        lengths = [None if r is None else len(r) for r in samples]
+        raise InvalidResponse(f"backend returned {lengths} samples for n={[r.params.n for r in requests]}")
 
 
 def _rejection(validate: Validator | None, sample: Sample) -> str | None:

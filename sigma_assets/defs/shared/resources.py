@@ -183,9 +183,10 @@ class OpenAIModelResource(ModelResource):
     # samples only through its generation config).
     server: str = "openai"
     http_transport: str = "aiohttp"  # the openai SDK's transport: "aiohttp" (fast) or "httpx"
-    # The OpenAI Batch API (half price, answers within 24 h): each stage's first call goes out as one batch.
+    # The OpenAI Batch API (half price, answers within 24 h): each stage's first call goes out as batches.
     use_batch_api: bool = False
     batch_poll_s: float = 30.0
+    batch_rounds: int = 3  # batches per request at most (an expired line goes in the next one), then online
 
     @property
     def kind(self) -> str:

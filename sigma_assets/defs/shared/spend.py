@@ -1,16 +1,16 @@
 """Before a stage sends calls: project its spend, show it, refuse to start over the cap, and in Batch API
-mode send its first call as one batch file (the stage then reads the answers from the store)."""
+mode send its first call as batches through the client (the stage then reads the answers from the store)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict
 from typing import Any
 
 import dagster as dg
 
 from sigma_assets.defs.shared.resources import ModelResource
-from sigma_assets.llm.batch_api import run_batches
+from sigma_assets.llm.backends.openai_batch import BatchAPIBackend
+from sigma_assets.llm.backends.openai_compat import OpenAIBackend
 from sigma_assets.llm.budget import BudgetExceeded, check_cap, plan_first_call, project, token_counter
 from sigma_assets.llm.client import LLMClient
 
@@ -50,7 +50,22 @@ def guard_spend(
         ) from exc
     metadata: dict[str, Any] = projection.as_metadata(prefix)
     if resource.batch_api and missing:
-        report = run_batches(client, missing, planned.validate, poll_s=resource.batch_poll_s)
-        context.log.info(f"{prefix.rstrip('_')}: Batch API {report}")
-        metadata |= {f"{prefix}batch_{k}": v for k, v in asdict(report).items()}
+        assert client.store is not None and isinstance(client.backend, OpenAIBackend)
+        batches = BatchAPIBackend(
+            client.backend, client.store.directory / "batches", poll_s=resource.batch_poll_s
+        )
+        # Validated, stored and accounted by the client like online answers; what no batch answers in
+        # `max_sends` rounds is left to the stage's online calls.
+        report = client.prefill(missing, planned.validate, via=batches, max_sends=resource.batch_rounds)
+        context.log.info(f"{prefix.rstrip('_')}: Batch API {report}, {batches.counts}")
+        counts = batches.counts
+        metadata |= {
+            f"{prefix}batch_asked": report.asked,
+            f"{prefix}batch_answered": report.answered,
+            f"{prefix}batch_still_missing": report.still_missing,
+            f"{prefix}batches_created": counts.batches_created,
+            f"{prefix}batches_resumed": counts.batches_resumed,
+            f"{prefix}batch_lines_sent": counts.lines_sent,
+            f"{prefix}batch_lines_failed": counts.lines_failed,
+        }
     return metadata
