@@ -7,9 +7,9 @@ then one checker call), and backs the values up. Each tree runs its simulations 
 arrive; nothing waits for the other trees, so the server receives requests from every live tree
 continuously and the answer checks run beside generation. A tree's simulations happen in its own order
 with its own seeds (`sampling_seed`), so with a backend that seeds each request the trees of a run do not
-depend on timing, on the other problems of the shard or on their order. `parallel_simulations` > 1 runs several simulations of one tree at once,
-each selecting with a virtual loss on the paths in flight (and never a leaf being expanded); the tree then
-depends on the order answers arrive, so it is off by default.
+depend on timing, on the other problems of the shard or on their order. `parallel_simulations` > 1 runs
+several simulations of one tree at once, each selecting with a virtual loss on the paths in flight (and
+never a leaf being expanded); the tree then depends on the order answers arrive, so it is off by default.
 
 Terminal steps (DESIGN §1). Only an explicit final answer can be correct. A new step is terminal when
   - it states a final answer (`answers.final_answer`: a `\\boxed{}` or "The answer is ..."; the rest of its
