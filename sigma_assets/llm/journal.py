@@ -94,8 +94,8 @@ class Journal:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new name: never held by anyone else
         return JournalFile(path, fd)
 
-    def orphans(self) -> Iterator[tuple[str, bytes, JournalFile]]:
-        """Files no live process holds: (name, their whole lines, a handle to remove them once shipped)."""
+    def orphans(self) -> Iterator[tuple[bytes, JournalFile]]:
+        """Files no live process holds: (their whole lines, a handle to remove them once shipped)."""
         for path in sorted(self.folder.glob("*.jsonl")):
             try:
                 fd = os.open(path, os.O_RDONLY)
@@ -111,4 +111,4 @@ class Journal:
             whole, _, torn = data.rpartition(b"\n")
             if torn:
                 log.warning(f"dropped a torn last line ({len(torn)} bytes) of response journal {path}")
-            yield path.name, whole + b"\n" if whole else b"", JournalFile(path, fd)
+            yield (whole + b"\n" if whole else b""), JournalFile(path, fd)

@@ -145,10 +145,10 @@ class ResponseStore:
 
     def _replay_journal(self, journal: Journal) -> None:
         """Ship the journal files a dead process left (same segment name: shipping twice is harmless)."""
-        for name, data, handle in journal.orphans():
+        for data, handle in journal.orphans():
             records = _parse_segment(data)
             if records:
-                write_atomic(self.directory / name, data)
+                write_atomic(self.directory / handle.name, data)
                 self.segments_written += 1
                 self.replayed_answers += len(records)
                 self._records.update(records)
