@@ -40,6 +40,24 @@ from sigma_assets.method.degeneration import garbage, loop, new_question
         "2^3 + 1 = 9",
         "3 times 4 = 11",
         "1/0 = 3",
+        # money is a sign on a number, not a math delimiter (GSM8K style)
+        "4 pens * $3 = 4 * 3 = $12",
+        "$12.48 - $0.48 = $12",
+        "He pays $5+$3=$8.",
+        "Becky paid 900 - 100 = $8.",  # cents to dollars
+        # a number joined to the side by words is part of a larger expression
+        "20% of 50 + 5 = 15",
+        "the sum of 3 and 4 + 5 = 12",
+        "twice 5 + 3 = 13",
+        # not plain arithmetic
+        "so that's .20*30 = <<.20*30=6>>6 students",  # a decimal without its zero
+        "In base 2, 1 + 1 = 10.",
+        "7 + 8 = 3 (mod 12)",
+        "2 1/2 + 1 = 3 1/2",
+        "4! + 1 = 26",
+        "7(1 + 3 = 5)",
+        "0.5 * 100 = 50%",
+        "\\frac{x}{2} + 1 = 5",
     ],
 )
 def test_no_false_equation_is_read_into_real_solutions(text: str) -> None:
@@ -57,11 +75,25 @@ def test_no_false_equation_is_read_into_real_solutions(text: str) -> None:
             "\\[ 2 \\cdot 3 \\cdot 4 \\cdot 5 + 1 = 120 + 1 = 122. \\]",
             "120 + 1 = 122",
         ),  # a plain pair of a chain
-        ("3 × 4 = 13 apples.", "3 × 4 = 13"),
+        ("3 × 4 = 13 apples.", "3 * 4 = 13"),  # reported as read: operators written plainly
         ("10 / 3 = 3.5", "10 / 3 = 3.5"),
         ("Note that 17 + 25 = 43, which we use below.", "17 + 25 = 43"),
         ("- 2 + 2 = 5", "2 + 2 = 5"),  # a bullet
         ("(so 3 + 4 = 8)", "3 + 4 = 8"),  # brackets around the whole equation
+        # human-marked first errors (BIG-Bench Mistake, MR-GSM8K): bracketed chains, each `=` on its own
+        (
+            "Let's calculate B = (5 + 3 - -2 * 2) = (5 + 3 - -2 * 2) = (5 + 3 - 4) = 4.",
+            "(5 + 3 - -2 * 2) = (5 + 3 - 4)",
+        ),
+        ("Let's calculate B = (-1 + 7 + 9) = (7 + 9) = (16).", "(-1 + 7 + 9) = (7 + 9)"),
+        ("She saves $12.48 - $1.48 = $12 a week.", "$12.48 - $1.48 = $12"),  # money
+        ("a total of $65 * 170 = $10,550.", "$65 * 170 = $10550"),  # thousands separators
+        ("1,200 + 300 = 1,600 people", "1200 + 300 = 1600"),
+        ("so 48/2 = <<48/2=25>>25 cookies", "48/2 = 25"),  # a calculator note
+        ("which is 60/100 x ($40 + $40) = $24.", "60/100 * ($40 + $40) = $24"),  # x between numbers
+        ("\\[ \\frac{1}{2} + \\frac{1}{3} = \\frac{2}{5} \\]", "(1/2) + (1/3) = (2/5)"),
+        ("so \\(49{,}994 + 20{,}006 = 69{,}999\\)", "49994 + 20006 = 69999"),
+        ("In base 10, 1 + 1 = 3.", "1 + 1 = 3"),
     ],
 )
 def test_false_equations_between_complete_plain_sides_are_found(text: str, false: str) -> None:
@@ -97,20 +129,42 @@ def test_markup_tables_and_restated_formulas_are_not_loops(text: str) -> None:
             "This simplifies to:",
         ),
         ("We get we get we get we get 5", "get we"),  # "We" and "we" are two words
-        # real (GPT-4 circling): a 15-word sentence comes back whole, with other text between
+        # real (GPT-4 circling, TheoremQA): a varying lead-in, then the same passage; once the lead-in
+        # comes back too, nothing new is said
         (
-            "\n\n".join(
-                f"Attempt {i}. So, the angle is -8. However, angles cannot be negative, so we must have "
-                "made an error in our calculations."
-                for i in range(3)
-            ),
-            "However, angles cannot be negative, so we must have made an error in our calculations.",
+            "Let's reconsider. So, the angle is -8. However, angles cannot be negative.\n\n"
+            + "We apologize for the confusion. So, the angle is -8. However, angles cannot be negative.\n\n"
+            * 3,
+            "So, the angle is -8. However, angles cannot be negative. We apologize for the confusion.",
         ),
         ("We add. Ben has two. " * 3 + "Done.", "We add. Ben has two."),  # two sentences, three times
     ],
 )
 def test_loops_are_found(text: str, repeated: str) -> None:
     assert loop(text) == repeated
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # a long template sentence once per case, around new content, is a case analysis
+        "\n".join(
+            f"For the {animal}: To find how many they need in 2 months, we multiply the number per month "
+            f"by the number of months: {n} * 2 = {2 * n}."
+            for animal, n in (("dogs", 5), ("cats", 3), ("birds", 2), ("fish", 7))
+        ),
+        "\n".join(
+            f"- Graph ({letter}) shows the volume rising {how}.\n- This does not match the volume during "
+            "the filling time."
+            for letter, how in (("A", "slowly"), ("B", "then falling"), ("C", "in steps"))
+        ),
+        # a list that restates earlier labels with their counts (a real search tree, Qwen2.5-Math)
+        "- For 11: (5, 6)\n- For 12: (6, 6) and (2, 10)\n- For 13: (1, 3) and (3, 1)\n"
+        "Count:\n- For 11: 1 outcome\n- For 12: 2 outcomes\n- For 13: 2 outcomes\n- For 14: 2 outcomes",
+    ],
+)
+def test_case_analyses_are_not_loops(text: str) -> None:
+    assert loop(text) is None
 
 
 @pytest.mark.parametrize(
@@ -144,6 +198,25 @@ def test_loops_are_found(text: str, repeated: str) -> None:
         ("Therefore, the answer is -2.", "-2"),
         ("so the answer is $\\boxed{4}$", "4"),
         ("Therefore, the answer is True.", "True"),
+        # a calculation that ends in the answer is the same answer, and so are values written apart
+        ("So the answer is 9 - (-2) + 1 = 12.\n\n\\boxed{12}", "12"),
+        ("So the answer is 9 - (-2) + 1 = 12.", "12"),
+        ("\\[ 30 = 2 \\times 3 \\times 5 = 30 \\]\nThe answer is \\boxed{30}.", "30"),
+        ("The answer is East. So \\boxed{east}.", "east"),
+        ("The answer is 9/2, that is \\boxed{4.5}.", "4.5"),
+        # a blank to fill is notation, not an answer
+        ("The missing digit in $3\\boxed{\\phantom{2}}5$ is found below. The digit is \\boxed{7}.", "7"),
+        # published answer markers
+        ("Step 1: 3 + 4 = 7\nStep 2: #### 7\nStep 3: The answer is: 7", "7"),
+        ("She pays 4 * $3 = $12.\n#### 12", "12"),
+        ("The volume of the cube is 216 cubic inches.\n\n# Answer\n\n216", "216"),
+        ("#### Step 2: Expand\n\nx = 5, so the answer is 5.", "5"),  # a heading is not a marker
+        # real (NeMo-Skills): a remark that writes the same value another way is not another answer
+        (
+            "is $\\boxed{220}$.\n\nRemark: In the most common case the answer is considered as 220, "
+            "in other cases it might be written as 0220, where zero is explicitly shown.",
+            "220",
+        ),
     ],
 )
 def test_an_answer_may_close_its_sentence_and_take_a_remark(text: str, answer: str) -> None:
@@ -172,11 +245,10 @@ def test_an_answer_may_close_its_sentence_and_take_a_remark(text: str, answer: s
         ),
         ("So \\boxed{6}.\n\nConvert $\\frac{63}{5}$ to a mixed number.", "new_question"),
         ("So \\boxed{6}.\n\n<|im_start|>user\nWhat is 2 + 2?", "new_question"),
-        # real (NeMo-Skills): a remark that hedges with other answers
+        # a remark that hedges with another value
         (
             "is $\\boxed{220}$.\n\nRemark: In the most common case the answer is considered as 220, "
-            "in other cases "
-            "it might be written as 0220, where zero is explicitly shown.",
+            "in other cases it might be taken as 221.",
             "other_answer",
         ),
         ("The answer is \\boxed{5}. Wait, the answer is 6.", "other_answer"),
@@ -192,6 +264,10 @@ def test_an_answer_may_close_its_sentence_and_take_a_remark(text: str, answer: s
         ("2 + 2 = 4.", "no_answer"),
         ("An empty box \\boxed{} commits to nothing", "no_answer"),
         ("The answer is correct.", "no_answer"),  # a judgement, not an answer
+        ("Fill in $\\boxed{\\phantom{2}}$ and $\\boxed{\\quad}$.", "no_answer"),  # blanks
+        ("#### 12\n\n#### 13", "other_answer"),
+        ("So \\boxed{7}.\n\n((5 + 2) * 3) =", "new_question"),  # an open equation asks for a value
+        ("The answer is 5.\n5 + 5 + 5 = 16.", "false_arithmetic"),
         ("There are 6 coins.\n\n5 - 6 = 1, so the answer is 1.", "false_arithmetic"),
         ("Then 8 * 4 = 20.\nThen 8 * 4 = 20.\nThen 8 * 4 = 20.\nSo \\boxed{20}.", "repetition"),
     ],

@@ -32,6 +32,10 @@ TRICKY = [
     ("25", "About 26 % of them, so the answer is 26.", False),
     ("3", "First 1 + 1 = 2, then 2 + 1 = 3", True),  # last number, for evaluation only
     ("7", "I do not know.", False),
+    ("18", "She pays 4 * $3 = $12 and $6 more: \\boxed{\\$18}.", True),  # money
+    ("12\\pi", "The speed is 12*pi.\n\n# Answer\n\n12*pi", True),  # PRM800K's marker, a plain-text pi
+    ("East", "So she walks \\boxed{east}.", True),  # case
+    ("18", "Step 3: 16 + 2 = 18\nStep 4: #### 18", True),  # GSM8K's marker
 ]
 
 

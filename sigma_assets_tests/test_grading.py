@@ -36,6 +36,10 @@ HANGING_GOLD = "(10^{100000})!"
         ("Half of it is 2.5", "2.5"),
         ("A quarter is 3/4", "3/4"),
         ("The sum is 10.", "10"),
+        # published answer markers: GSM8K's and PRM800K's
+        ("Step 4: 3 + 4 = 7\nStep 5: #### 7\nStep 6: The answer is: 7", "7"),
+        ("So 16 + 2 = 18.\n#### 18", "18"),
+        ("Therefore, the speed is 12*pi inches per second.\n\n# Answer\n\n12*pi", "12*pi"),
         ("No numbers here at all", None),
         ("", None),
     ],
@@ -70,6 +74,21 @@ def test_equality(checker: AnswerChecker) -> None:
         ("2", ""),
     ]
     assert checker.check_many(pairs) == [True, True, True, False, True, True, True, False, False]
+
+
+def test_money_constants_and_case_are_graded_as_values(checker: AnswerChecker) -> None:
+    pairs: list[tuple[str, str | None]] = [
+        ("18", "\\$18"),  # a boxed amount of money
+        ("\\$36", "36"),  # a gold written as money
+        ("\\$1,200", "1200"),
+        ("12\\pi", "12*pi"),  # a constant written in plain text (PRM800K)
+        ("East", "east"),
+        ("\\text{East}", "EAST"),
+        ("12\\pi", "12"),
+        ("\\$36", "35"),
+        ("East", "West"),
+    ]
+    assert checker.check_many(pairs) == [True] * 6 + [False] * 3
 
 
 def test_gold_first_asymmetry(checker: AnswerChecker) -> None:

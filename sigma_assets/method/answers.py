@@ -10,9 +10,20 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from fractions import Fraction
 
-from sigma_assets.method.arithmetic import false_equation
-from sigma_assets.method.degeneration import garbage, loop, new_question
+from sigma_assets.method.arithmetic import arithmetic_value, false_equation
+from sigma_assets.method.degeneration import garbage, loop, new_question, prose_words
+
+# Names that are functions or constants, not variables, when an answer is written in plain text.
+# fmt: off
+FUNCTION_NAMES = frozenset({
+    "sqrt", "cbrt", "sin", "cos", "tan", "cot", "sec", "csc", "arcsin", "arccos", "arctan", "sinh",
+    "cosh", "tanh", "log", "ln", "lg", "exp", "min", "max", "gcd", "lcm", "mod", "floor", "ceil",
+    "sum", "prod", "lim", "pi", "inf", "infty", "infinity", "oo", "binom", "det", "deg", "abs",
+    "sgn", "sign",
+})
+# fmt: on
 
 # ---------------------------------------------------------------------------------------------------------
 # Answer extraction
@@ -69,9 +80,19 @@ def _boxed_arguments(text: str) -> Iterator[tuple[str, int, bool]]:
                 yield token.group(0).rstrip(".,;").strip(), j + token.end(), False
 
 
+# What a box holds when it is a blank to fill, not an answer: a problem that writes
+# `\\boxed{\\phantom{2}}` or `\\boxed{}` for "fill in this digit", and a solution that repeats it.
+_BLANK_RE = re.compile(r"\\[hv]?phantom\{[^{}]*\}|\\q?quad\b|\\[,;:! ]|~|\\square\b|\\_|\\text\{\s*\}|[\s?_]")
+
+
+def is_blank(content: str) -> bool:
+    """Whether a box's content is a blank to fill (nothing, `\\phantom{2}`, `\\quad`, `?`), not an answer."""
+    return not _BLANK_RE.sub("", content)
+
+
 def _boxed_contents(text: str) -> list[str]:
-    """Every non-empty `\\boxed{...}` (or `\\boxed 5`) content in order of appearance."""
-    return [content for content, _, _ in _boxed_arguments(text) if content]
+    """Every `\\boxed{...}` (or `\\boxed 5`) content that states something, in order of appearance."""
+    return [content for content, _, _ in _boxed_arguments(text) if not is_blank(content)]
 
 
 def plain_number(s: str) -> str:
@@ -96,15 +117,17 @@ def _clean_phrase_answer(tail: str) -> str:
 
 
 def extract_answer(text: str) -> str | None:
-    """The final answer of a solution: the last `\\boxed{}`, else "the answer is X", else the last number."""
+    """The final answer of a solution: the last `\\boxed{}`, else the last "the answer is X" or published
+    answer marker ("#### 18"), else the last number."""
     if not text:
         return None
     boxed = _boxed_contents(text)
     if boxed:
         return boxed[-1]
-    phrases = [answer for answer, _ in _phrase_statements(text) if answer]
-    if phrases:
-        return phrases[-1]
+    stated = sorted([*_marker_statements(text), *_phrase_statements(text)], key=lambda s: s[1])
+    stated = [answer for answer, _ in stated if answer]
+    if stated:
+        return stated[-1]
     numbers = _NUMBER_RE.findall(text)
     if numbers:
         return numbers[-1].replace(",", "")
@@ -183,37 +206,99 @@ def _phrase_statements(text: str) -> Iterator[tuple[str, int]]:
         yield answer, m.end() + sentence.end() if sentence else line_end
 
 
+# The answer markers of published formats that models trained on them write: GSM8K's "#### 18" (also
+# "Step 5: #### 18") and PRM800K's answer step "# Answer" with the answer on the next line. A markdown
+# heading ("#### Step 2: Expand") is not one: a marker's answer holds no prose, a unit after a number aside.
+_GSM8K_MARKER_RE = re.compile(r"(?<![#\w])####(?!#)[ \t]*(?P<answer>[^\n]*)")
+_PRM800K_MARKER_RE = re.compile(r"(?im)^[ \t]*#[ \t]*answer[ \t]*:?[ \t]*(?:\n[ \t]*)*(?P<answer>[^\n]*)")
+
+
+def _marker_statements(text: str) -> Iterator[tuple[str, int]]:
+    """Each published answer marker in `text`: its answer and where it ends."""
+    for pattern in (_GSM8K_MARKER_RE, _PRM800K_MARKER_RE):
+        for m in pattern.finditer(text):
+            answer = _clean_phrase_answer(m.group("answer"))
+            words = [w for w in prose_words(answer) if w.lower() not in FUNCTION_NAMES]  # `12*pi` is math
+            if answer and not words and not _JUDGEMENT_RE.match(answer):
+                yield answer, m.end()
+
+
 def _statements(text: str) -> list[_Statement]:
     """Every explicit answer in `text`, in order of where it ends: a braced `\\boxed{}`, or an "answer is"
     phrase that names one."""
     boxed = [
-        _Statement(content, end) for content, end, braced in _boxed_arguments(text) if braced and content
+        _Statement(content, end)
+        for content, end, braced in _boxed_arguments(text)
+        if braced and not is_blank(content)
     ]
     phrases = [_Statement(answer, end) for answer, end in _phrase_statements(text) if _answer_like(answer)]
-    return sorted(boxed + phrases, key=lambda s: s.end)
+    markers = [_Statement(answer, end) for answer, end in _marker_statements(text)]
+    return sorted(boxed + phrases + markers, key=lambda s: s.end)
 
 
 _NUMBER_TOKEN_RE = re.compile(r"\d+(?:\.\d+)?")
 
 
-def _numbers(text: str) -> set[str]:
-    return {re.sub(r"\.0+$", "", n) for n in _NUMBER_TOKEN_RE.findall(text.replace(",", ""))}
+def _numbers(text: str) -> set[Fraction]:
+    """The values of the numbers a text names ("0220" and "220.0" are both 220)."""
+    return {Fraction(n) for n in _NUMBER_TOKEN_RE.findall(plain_number_text(text))}
 
 
-def _same_answer(a: str, b: str) -> bool:
-    """Whether two statements name the same answer: the same text, or the same numbers
-    ("\\dfrac{16}{27}" and "\\frac{16}{27}", "x = 5" and "5")."""
-    return _canonical(a) == _canonical(b) or (bool(_numbers(a)) and _numbers(a) == _numbers(b))
+def plain_number_text(text: str) -> str:
+    """`text` with thousands separators removed from its numbers (`1,200` and `10{,}000`)."""
+    return re.sub(r"(?<=\d)(?:,|\{,\})(?=\d{3}(?!\d))", "", text)
+
+
+_TEXT_WRAPPER_RE = re.compile(r"\\(?:text|textbf|mathrm|mbox)\{([^{}]*)\}")
 
 
 def _canonical(answer: str) -> str:
-    text = re.sub(r"\\(?:left|right|!|,|;|\s)|\{,\}|\$", "", answer).replace("\\dfrac", "\\frac")
-    return re.sub(r"\s+", "", plain_number(text.strip().rstrip(".")))
+    """An answer as written, without what does not change it: spacing, delimiters, `\\text{}`, case,
+    `\\dfrac` for `\\frac`, money signs, thousands separators."""
+    text = _TEXT_WRAPPER_RE.sub(r"\1", answer)
+    text = re.sub(r"\\(?:left|right|!|,|;|\s)|\{,\}|\\?\$", "", text).replace("\\dfrac", "\\frac")
+    return re.sub(r"\s+", "", plain_number(text.strip().rstrip("."))).casefold()
+
+
+def _last_side(answer: str) -> str:
+    """What an answer states when it is an equation: its last side ("x = 5", "9 - (-2) + 1 = 12")."""
+    return answer.rsplit("=", 1)[-1].strip() if "=" in answer else answer
+
+
+def same_value(a: str, b: str) -> bool | None:
+    """Whether two stated answers are the same value, decided without the checker: True when they are the
+    same as written (`_canonical`) or both closed arithmetic of the same exact value ("9/2" and "4.5",
+    "\\frac{16}{27}" and "16/27"; a decimal within the rounding its digits show); False when both are
+    numbers of different values; None when only the checker can say."""
+    a, b = _last_side(a), _last_side(b)
+    if _canonical(a) == _canonical(b):
+        return True
+    x, y = arithmetic_value(a), arithmetic_value(b)
+    if x is None or y is None:
+        return None
+    shown = [s for s in (a, b) if _DECIMAL_RE.fullmatch(plain_number(s.strip().strip("$")))]
+    decimals = max((len(s.partition(".")[2]) for s in shown), default=0)
+    return x == y if decimals == 0 else abs(x - y) < Fraction(1, 10**decimals)
+
+
+_DECIMAL_RE = re.compile(r"-?\d+\.\d+")
+
+
+def _same_answer(a: str, b: str) -> bool:
+    """Whether two statements name the same answer, as values: `same_value`, else the answer checker
+    (math-verify, the first as gold), which also knows `\\frac{\\sqrt{3}}{2}` from `\\sqrt{3}/2`."""
+    same = same_value(a, b)
+    if same is not None:
+        return same
+    from sigma_assets.method.grading import answers_match  # grading reads answers: import when needed
+
+    return answers_match(_last_side(a), _last_side(b))
 
 
 def _other_answer(text: str, statements: list[_Statement]) -> str | None:
     """Another answer the text states: an explicit one that differs from the final answer (a model
-    that hedges or switches), or, after it, an "answer is ..." that names a number the final does not."""
+    that hedges or switches), or, after it, an "answer is ..." that names a value the final does not
+    ("considered as 220, in other cases it might be written as 0220" names 220 twice)."""
     final = statements[-1]
     for statement in statements:
         if not _same_answer(statement.answer, final.answer):
@@ -222,6 +307,15 @@ def _other_answer(text: str, statements: list[_Statement]) -> str | None:
         if _numbers(phrase) - _numbers(final.answer):
             return phrase
     return None
+
+
+def _result(answer: str) -> str:
+    """The answer a calculation states: "9 - (-2) + 1 = 12" states 12. An equation with anything but
+    arithmetic on its sides ("y = 2x + 1") is the answer itself."""
+    sides = answer.split("=")
+    if len(sides) > 1 and all(arithmetic_value(side) is not None for side in sides):
+        return sides[-1].strip()
+    return answer
 
 
 def _opens_math(tail: str) -> bool:
@@ -258,4 +352,4 @@ def final_answer(text: str) -> FinalAnswer:
         return FinalAnswer(None, "new_question")
     if _other_answer(text, statements) is not None:
         return FinalAnswer(None, "other_answer")
-    return FinalAnswer(plain_number(statement.answer), "answer")
+    return FinalAnswer(plain_number(_result(statement.answer)), "answer")

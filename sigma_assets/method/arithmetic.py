@@ -1,23 +1,30 @@
-"""False arithmetic: an equation between plain numbers, stated in model text, that does not hold.
+"""False arithmetic: an equation between closed arithmetic expressions, stated in model text, that does
+not hold.
 
 A right answer reached through "5 - 6 = 1" is not a correct solution, so the strict answer rule
-(`answers.final_answer`) refuses any text that states such an equation. The difficulty is reading only
-what is certainly a claim about plain numbers. Real solutions are full of equations that merely contain
-plain arithmetic: `4x + 7x + 6 - 9 = 11x - 3`, `2 \\cdot 3 \\cdot 4 \\cdot 5 + 1 = 121`, `7 + 21 = 7(1 + 3)`,
-`-b/a = -2/1 = -2`, `10236 ÷ 244 = 41 remainder 212`. Reading a piece of one of those ("6 - 9 = 11",
-"5 + 1 = 121", "2/1 = -2") flagged correct Qwen2.5-Math and GPT-4 solutions by the dozen.
+(`answers.final_answer`) refuses any text that states such an equation. The reader takes every `=` of the
+text and, on each side, the run of arithmetic next to it: numbers, brackets, unary signs and the
+operators `+ - * / × · ÷` (`\\times`, `\\cdot`, `\\div`, `\\frac{a}{b}` of numbers). Before reading it
+rewrites what is notation, not value: money (`$12`, `\\$12`, `€5`: the currency sign goes), thousands
+separators (`1,200`, `10{,}000`), and calculator notes (`48/2 = <<48/2=24>>24`: the note is an equation
+of its own). Each `=` of a chain is judged on its own, in exact rational arithmetic; a side that is one
+number may be rounded or cut to the digits it shows (`10 / 3 = 3.33`, `7 / 2 = 3` as a whole count), and
+nothing more.
 
-So a side of an equation is read only when it is complete: a run of numbers joined by `+ - * / × ÷`,
-with its signs (`-1 + 3 = 2` is read whole), and nothing that could extend it touching either end: no
-variable, LaTeX command (`\\cdot`, `\\frac`), power, bracket, comma-grouped or decimal continuation,
-percent, factorial, or a word followed by another number ("41 remainder 212", "3 times 4"). What may
-stand beside a complete side: the start or end of a line, a math delimiter (`$`, `\\(`, `\\)`, `\\[`,
-`\\]`), an alignment `&` or row break `\\\\`, sentence punctuation, another `=` of the same chain, a word
-of prose, or a pair of brackets around the whole equation. In a chain `X = 120 + 1 = 121` each `=` is
-judged on its own, so the plain pair `120 + 1 = 121` is read even when `X` is not plain.
+Precision comes first: the reader claims a side only when it is complete, that is when nothing that could
+extend it touches it. A side is not complete when a variable, a power, a factorial, a percent, a LaTeX
+command or a further term stands against it (`4x + 7x + 6 - 9 = 11x - 3`, `3^2 + 1 = 10`,
+`= 41 remainder 212`), when it starts or ends with an operator (`x - 5 = 3` holds no side `- 5`), when
+it is a function's argument or a product (`f(3) = 7`, `2(3) = 6`), or when the word before it makes its
+first number part of a larger expression in words ("20% of 50 + 5", "3 times 4 + 2", "the sum of 3 and
+4 + 5"). What may stand beside a complete side: the start or end of a line, a math delimiter, an
+alignment `&` or row break, punctuation, a relation (`=`, `<`, `≈`), a bracket around the whole remark,
+a prose word, a unit. A `$` is a math delimiter or money by the rule Pandoc uses: an opening `$` has a
+non-space character on its right, a closing one a non-space character on its left and no digit right
+after it; a `$` that closes nothing is money.
 
-Measured on the shared fixtures (Qwen2.5-Math-7B-Instruct and NeMo-Skills on MATH, GPT-4 on TheoremQA):
-every equation this flags is false as written (`29 - 10 - 1 = 19`, `8/8 = 4/3`, `2.110 * 1.1309 = 2.3859`).
+An equation the text itself calls impossible is a step of a proof by contradiction, not a claim ("which
+gives 100 = 4096 + 4. This is not possible").
 """
 
 from __future__ import annotations
@@ -25,106 +32,295 @@ from __future__ import annotations
 import ast
 import operator
 import re
+from collections.abc import Iterator
 from fractions import Fraction
 
-_NUMBER = r"\d+(?:\.\d+)?"
-# A side: signed numbers joined by arithmetic operators. The lookbehind keeps a side from starting inside a
-# number or right after a minus sign, which belongs to the side (`-2/1` is never read as `2/1`).
-_SIDE = rf"-?{_NUMBER}(?:[ \t]*[-+*/×÷][ \t]*-?{_NUMBER})*"
-_EQUATION_RE = re.compile(rf"(?<![\d.\-+*/×÷])(?P<left>{_SIDE})[ \t]*&?=(?![=>])(?=[ \t]*(?P<right>{_SIDE}))")
-_OPERATOR_RE = re.compile(r"\d[ \t]*[-+*/×÷]")
+# ---------------------------------------------------------------------------------------------------------
+# Regions: prose and math spans, with money, notation and calculator notes rewritten
+# ---------------------------------------------------------------------------------------------------------
+
+MONEY = "¤"
+_DISPLAY_RE = re.compile(r"\$\$(.+?)\$\$|\\\[(.+?)\\\]|\\\((.+?)\\\)", re.DOTALL)
+_CALCULATOR_RE = re.compile(r"<<([^<>\n]*)>>")
+
+
+def _dollar_spans(text: str) -> Iterator[tuple[int, int]]:
+    """(start, end) of each `$...$` math span by Pandoc's rule (module docstring); a `$` that opens
+    nothing is money."""
+    i = 0
+    while (start := text.find("$", i)) >= 0:
+        i = start + 1
+        if text[start + 1 : start + 2].isspace() or text[start - 1 : start] == "\\":
+            continue
+        j = start + 1
+        while (close := text.find("$", j)) >= 0 and "\n\n" not in text[start:close]:
+            if not (text[close - 1] in "\\ \t\n" or text[close + 1 : close + 2].isdigit()):
+                yield start, close + 1
+                i = close + 1
+                break
+            j = close + 1
+
+
+def regions(text: str) -> list[str]:
+    """The text cut into prose and math regions (math delimiters removed), each calculator note a region
+    of its own; only regions that hold an `=`. An equation never spans two regions."""
+    notes: list[str] = []
+
+    def note(m: re.Match[str]) -> str:
+        notes.append(m.group(1))
+        return " "
+
+    text = _CALCULATOR_RE.sub(note, text)
+    out = list(notes)
+    pieces: list[str] = []
+    last = 0
+    for m in _DISPLAY_RE.finditer(text):
+        pieces.append(text[last : m.start()])
+        out.append(next(g for g in m.groups() if g is not None))
+        last = m.end()
+    pieces.append(text[last:])
+    for piece in pieces:
+        last = 0
+        for start, end in _dollar_spans(piece):
+            out += [piece[last:start], piece[start + 1 : end - 1]]
+            last = end
+        out.append(piece[last:])
+    return [region for region in out if "=" in region]
+
+
+_FRAC_RE = re.compile(r"\\[dt]?frac\s*\{([-+*/().\d\s]+)\}\s*\{([-+*/().\d\s]+)\}")
+_REWRITES = (
+    # Money: the sign becomes a mark the value ignores ("$12.48 - $0.48 = $12", "\$36", "€5"); the mark
+    # tells a conversion from cents ("900 - 100 = $8") from a false claim.
+    (re.compile(r"\\\$|\$|[€£¥]"), MONEY),
+    # "20 x 2": a spaced x between numbers is the times sign of plain-text arithmetic.
+    (re.compile(r"(?<=[\d)])[ \t]+x[ \t]+(?=[-\d(¤])"), " * "),
+    (re.compile(r"\\(?:times|cdot|ast)(?![A-Za-z])|[×·∙⋅]"), " * "),
+    (re.compile(r"\\div(?![A-Za-z])|÷"), " / "),
+    (re.compile(r"[−–]"), "-"),
+    (re.compile(r"\\left(?![A-Za-z])|\\right(?![A-Za-z])|\\[!,;:]|~"), ""),
+    # Thousands separators: "1,200", "10{,}000" (a comma followed by exactly three digits).
+    (re.compile(r"(?<=\d)(?:,|\{,\})(?=\d{3}(?!\d))"), ""),
+)
+
+
+def _fraction(m: re.Match[str]) -> str:
+    numerator, denominator = (part.strip() for part in m.groups())
+    if _NUMBER_RE.fullmatch(numerator) and _NUMBER_RE.fullmatch(denominator):
+        return f"({numerator}/{denominator})"
+    return f"(({numerator})/({denominator}))"
+
+
+def normalized(region: str) -> str:
+    """A region with money, operators and thousands separators written plainly."""
+    region = _FRAC_RE.sub(_fraction, region)
+    for pattern, replacement in _REWRITES:
+        region = pattern.sub(replacement, region)
+    return re.sub(r"[ \t]+", " ", region)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Values
+# ---------------------------------------------------------------------------------------------------------
+
 _OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
-
-# What may precede a complete left side (the text before it, spaces and tabs stripped, ends with one).
-_OPEN_BOUNDARY_RE = re.compile(r"(?:^|\n|\$|\\\(|\\\[|&|\\\\|[:;]|\*\*|(?<![=<>!:])=)$")
-_SENTENCE_END_RE = re.compile(r"(?<!\d)[.!?,]$")  # "items. 5 + 3 = 8", but not "1." or "1,"
-_BULLET_RE = re.compile(r"(?:^|\n)[ \t]*[-*•]$")
-_WORD_BEFORE_RE = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{2,}$")
-_NUMBER_WORD_BEFORE_RE = re.compile(r"\d[ \t]*[A-Za-z]+$")  # "3 times" 4 = 12: the word is an operator
-
-# What may follow a complete right side (the text after it, spaces and tabs stripped, starts with one).
-_CLOSE_BOUNDARY_RE = re.compile(r"^(?:$|\n|\$|\\\)|\\\]|&|\\\\(?![A-Za-z])|\*\*|=|[.,;:?](?=\s|$|\$|\\))")
-_WORD_AFTER_RE = re.compile(r"^[A-Za-z]+")
-_WORD_THEN_NUMBER_RE = re.compile(r"^[A-Za-z]+[ \t]*-?\d")  # "41 remainder 212": a further term
+_PLAIN_CHARS_RE = re.compile(rf"[\d.+\-*/() \t{MONEY}]+")
+_NUMBER_RE = re.compile(r"-?\d+(?:\.\d+)?")
 
 
-def _opens(before: str, signed: bool) -> bool:
-    """Whether a side may start after `before`: nothing that could extend it touches it."""
-    stripped = before.rstrip(" \t")
-    if _OPEN_BOUNDARY_RE.search(stripped) or _SENTENCE_END_RE.search(stripped) or _BULLET_RE.search(stripped):
-        return True
-    # Prose before a side: "we get 5 - 6 = 1". Not before a sign ("x -5" may be a difference), not a
-    # LaTeX command, and not a word between two numbers ("3 times 4").
-    return (
-        not signed
-        and stripped != before  # separated by a space
-        and bool(_WORD_BEFORE_RE.search(stripped))
-        and not _NUMBER_WORD_BEFORE_RE.search(stripped)
-    )
-
-
-def _closes(after: str) -> bool:
-    """Whether a side may end before `after`."""
-    stripped = after.lstrip(" \t")
-    if _CLOSE_BOUNDARY_RE.match(stripped):
-        return True
-    # Prose after a side: "= 19 integers", but not "= 5x" and not "= 41 remainder 212".
-    return (
-        stripped != after
-        and bool(_WORD_AFTER_RE.match(stripped))
-        and not _WORD_THEN_NUMBER_RE.match(stripped)
-    )
-
-
-def _bracketed(before: str, after: str) -> bool:
-    """The equation ends a parenthetical remark: "(since 3 + 4 = 7)" or "(3 + 4 = 7)", but not the argument
-    of a product or function, "7(1 + 3 = 4)"."""
-    if not after.lstrip(" \t").startswith(")"):
-        return False
-    line = before.rsplit("\n", 1)[-1]
-    depth = 0
-    for i in range(len(line) - 1, -1, -1):  # the bracket this one closes, and what stands before it
-        if line[i] == ")":
-            depth += 1
-        elif line[i] == "(":
-            if depth == 0:
-                return i == 0 or line[i - 1] in " \t:;,"
-            depth -= 1
-    return False
-
-
-def _value(side: str) -> Fraction:
-    """The exact value of a side (fractions, so `0.1 + 0.2 = 0.3` holds)."""
-    return _evaluate(ast.parse(side.replace("×", "*").replace("÷", "/"), mode="eval").body)
+def _value(expr: str) -> Fraction | None:
+    try:
+        return _evaluate(ast.parse(expr.replace(MONEY, "").strip(), mode="eval").body)
+    except (SyntaxError, ValueError, ZeroDivisionError, RecursionError, OverflowError):
+        return None
 
 
 def _evaluate(node: ast.AST) -> Fraction:
-    if isinstance(node, ast.Constant) and isinstance(node.value, int | float):
+    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
         return Fraction(str(node.value))
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
-        return -_evaluate(node.operand)
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
+        value = _evaluate(node.operand)
+        return -value if isinstance(node.op, ast.USub) else value
     if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
         return _OPERATORS[type(node.op)](_evaluate(node.left), _evaluate(node.right))
     raise ValueError("not plain arithmetic")
 
 
+def arithmetic_value(expr: str) -> Fraction | None:
+    """The exact value of a closed arithmetic expression as the reader reads one (money, thousands
+    separators, `\\times`, `\\frac{a}{b}` of numbers), or None when it is not one."""
+    text = normalized(expr).strip()
+    if not text or not _PLAIN_CHARS_RE.fullmatch(text) or not re.search(r"\d", text):
+        return None
+    return _value(text)
+
+
 def _holds(left: str, right: str) -> bool:
-    """Whether `left = right`. A side that is one number may be rounded or cut to the decimals it shows
-    (`10 / 3 = 3.33`, `2 / 3 = 0.66`, `7 / 2 = 3` as a whole count): it must be within one unit of its last
-    digit. Between two expressions, or for a whole-number value, equality is exact."""
+    """Whether `left = right`, exactly; a side that is one number may be rounded or cut to the digits it
+    shows (within one unit of its last digit)."""
     a, b = _value(left), _value(right)
-    shown = [s for s in (left, right) if re.fullmatch(rf"-?{_NUMBER}", s.strip())]
+    assert a is not None and b is not None
+    if (MONEY in left) != (MONEY in right) and a and b and (a == 100 * b or b == 100 * a):
+        return True  # cents on one side, dollars on the other: "900 - 100 = $8" converts
+    shown = [s.replace(MONEY, "").strip("() ") for s in (left, right)]
+    shown = [s for s in shown if _NUMBER_RE.fullmatch(s)]
     if not shown:
         return a == b
     decimals = max(len(s.partition(".")[2]) for s in shown)
     return abs(a - b) < Fraction(1, 10**decimals)
 
 
-# A false equation the text itself calls impossible is a step of a proof by contradiction, not a claim:
-# "which gives 100 = 4096 + 4. This is not possible" (GPT-4 on TheoremQA).
+# ---------------------------------------------------------------------------------------------------------
+# Sides
+# ---------------------------------------------------------------------------------------------------------
+
+_EQUALS_RE = re.compile(r"(?<![<>!=:])=(?![=>])")
+# Words that make the number before them part of an expression in words: "20% of 50 + 5", "3 times 4",
+# "divided by 4 + 2", "the sum of 3 and 4 + 5", "subtract 3 from 10 - 2".
+_CONNECTORS = frozenset(
+    ["of", "times", "by", "plus", "minus", "over", "per", "than", "and", "or", "x", "into", "from", "to"]
+)
+# What makes a connector join the number before it to the side: a number, a number word, or an operation
+# ("a total of 65 * 170" starts a side; "20% of 50 + 5", "half of 10 + 2", "divided by 4 + 2" do not).
+# fmt: off
+_QUANTITY_WORDS = frozenset({
+    "half", "third", "quarter", "twice", "thrice", "double", "triple", "one", "two", "three", "four",
+    "five", "six", "seven", "eight", "nine", "ten", "dozen", "hundred", "thousand", "million", "divided",
+    "multiplied", "increased", "decreased", "reduced", "raised", "added", "subtracted", "sum", "product",
+    "difference", "quotient", "ratio", "more", "less", "fewer", "greater", "smaller", "larger",
+})
+# fmt: on
+# Words that multiply the number after them: "twice 5 + 3".
+_MULTIPLIER_WORDS = frozenset(
+    ["twice", "thrice", "double", "triple", "half", "square", "cube", "root", "squared", "cubed"]
+)
+# LaTeX next to a complete side: spacing, text (a unit or a label), rows, environments and relations.
+_NEUTRAL_COMMAND_RE = re.compile(
+    r"\\(?:quad|qquad|text|textbf|textit|mbox|mathrm|hbox|end|begin|label|tag|implies|Rightarrow"
+    r"|therefore|le|ge|leq|geq|approx|neq|ne|lt|gt)(?![A-Za-z])|\\\\"
+)
+_TEXT_GROUP_RE = re.compile(r"\\(?:text|textbf|textit|mathrm|mbox)\{[^{}]*\}$")
+_WORD_THEN_NUMBER_RE = re.compile(r"^[ \t]+[A-Za-z]+[ \t]*-?\d")  # "= 41 remainder 212": a further term
+_ARITHMETIC_CHARS = frozenset("0123456789+-*/() \t" + MONEY)
+
+
+def _is_run_char(text: str, i: int) -> bool:
+    """Whether `text[i]` belongs to a run of arithmetic: a full stop only as a decimal point (`2.5`,
+    `.20`), never as the end of a sentence."""
+    ch = text[i]
+    if ch == ".":
+        return text[i + 1 : i + 2].isdigit()
+    return ch in _ARITHMETIC_CHARS
+
+
+def _balanced(run: str, left: bool) -> str:
+    """Drop unmatched brackets from the outer end of a run (the end away from the `=`); empty when a
+    bracket is left open towards the `=` (the side is then not closed)."""
+    while run.count("(") != run.count(")"):
+        if left and run.count("(") > run.count(")"):
+            run = run[run.index("(") + 1 :]
+        elif not left and run.count(")") > run.count("("):
+            run = run[: run.rindex(")")]
+        else:
+            return ""
+    return run
+
+
+def _before_ok(before: str, signed: bool) -> bool:
+    """Whether a left side may start right after `before` (module docstring)."""
+    stripped = before.rstrip(" \t")
+    if not stripped:
+        return True
+    word = re.search(r"(\\?)([A-Za-z]+)$", stripped)
+    if word is not None:
+        if word.group(1):  # a LaTeX command
+            return _NEUTRAL_COMMAND_RE.fullmatch(word.group(0)) is not None
+        name = word.group(2)
+        glued = re.search(r"[\d_^'.]" + name + "$", stripped) is not None  # "2x", "a_n"
+        # A prose word apart from the side: not a one-letter variable, a multiplier, or a connector that
+        # follows a quantity.
+        if stripped == before or glued or len(name) < 2 or name.lower() in _MULTIPLIER_WORDS:
+            return False
+        return name.lower() not in _CONNECTORS or not _after_quantity(stripped[: -len(name)])
+    if stripped.endswith("\\\\"):
+        return True
+    if stripped.endswith("}"):
+        return _TEXT_GROUP_RE.search(stripped) is not None
+    last = stripped[-1]
+    if signed and last in ")]":
+        return False  # "(a) -5 + 3": a binary minus after a bracket
+    if last in "([" and re.search(r"[\w)\]}]$", stripped[:-1]):
+        return False  # "7(1 + 3", "f(2": the argument of a product or a function
+    return last in ":;,&=<>≤≥≈([{.!?\n"
+
+
+def _after_quantity(before: str) -> bool:
+    """Whether the text before a connector ends with a quantity: a number, a percent, a number word or an
+    operation word."""
+    token = before.rstrip().rsplit(None, 1)[-1] if before.strip() else ""
+    return bool(re.search(r"[\d%)]$", token)) or token.lower().strip(",") in _QUANTITY_WORDS
+
+
+def _after_ok(after: str) -> bool:
+    """Whether a right side may end right before `after` (module docstring)."""
+    stripped = after.lstrip(" \t")
+    if not stripped:
+        return True
+    if stripped.startswith("\\"):
+        return _NEUTRAL_COMMAND_RE.match(stripped) is not None
+    first = stripped[0]
+    if first.isalpha():
+        # A unit or a prose word apart from the side; not "5x" and not "41 remainder 212".
+        return stripped != after and not _WORD_THEN_NUMBER_RE.match(after)
+    if first in ".!?":
+        return not stripped[1:2].isdigit()
+    return first in ":;,&=<>≤≥≈)]}\n"
+
+
+def _left_side(segment: str) -> str | None:
+    start = len(segment)
+    while start > 0 and _is_run_char(segment, start - 1):
+        start -= 1
+    side = _balanced(segment[start:], left=True).strip()
+    if not side or side[0] in "+*/" or side[-1] in "+-*/" or not any(ch.isdigit() for ch in side):
+        return None
+    before = segment[: segment.rstrip(" \t").rfind(side)]
+    if re.match(r"-[ \t]+\d", side) and before.rstrip(" \t")[-1:] in ("", "\n"):
+        return side[1:].lstrip()  # a bullet, not a sign: "- 2 + 2 = 5"
+    return side if _before_ok(before, side.startswith("-")) else None
+
+
+def _right_side(segment: str) -> tuple[str, str] | None:
+    end = 0
+    while end < len(segment) and _is_run_char(segment, end):
+        end += 1
+    side = _balanced(segment[:end], left=False).strip()
+    if not side or side[0] in "+*/" or side[-1] in "+-*/" or not any(ch.isdigit() for ch in side):
+        return None
+    after = segment[segment.find(side) + len(side) :]
+    return (side, after) if _after_ok(after) else None
+
+
+def _has_operator(side: str) -> bool:
+    return re.search(rf"[\d)]\s*[-+*/]\s*[-(\d{MONEY}]", side) is not None
+
+
+def equations(text: str) -> Iterator[tuple[str, str, str]]:
+    """(left, right, the region's text after it) for every equation between complete closed arithmetic
+    sides in `text`, at least one of them with an operator ("20 = 9" alone is more often a label)."""
+    for region in regions(text):
+        segments = _EQUALS_RE.split(normalized(region))
+        for i in range(len(segments) - 1):
+            left, right = _left_side(segments[i]), _right_side(segments[i + 1])
+            if left is None or right is None or _value(left) is None or _value(right[0]) is None:
+                continue
+            if _has_operator(left) or _has_operator(right[0]):
+                yield left, right[0], "=".join([right[1], *segments[i + 2 :]])
+
+
 _RETRACTION_RE = re.compile(
     r"\b(?:contradiction|contradicts|impossible|not possible|absurd|not true|false|incorrect|wrong"
-    r"|mistake)\b",
+    r"|mistake|error)\b",
     re.IGNORECASE,
 )
 
@@ -135,24 +331,22 @@ def _next_sentences(after: str, limit: int = 200) -> str:
     return after[: ends[1] if len(ends) > 1 else limit]
 
 
-def false_equation(text: str) -> str | None:
-    """The first equation between complete plain-arithmetic sides in `text` that does not hold, or None.
+# Numerals of another base are notation of another system: in base 2, "1 + 1 = 10" holds.
+_OTHER_BASE_RE = re.compile(
+    r"\b(?:in|to|into|from) base[- ]?(?!10\b)\d+\b"
+    r"|\bbase[- ]?(?!10\b)\d+ (?:number|numeral|representation|digit|system|arithmetic|expansion)"
+    r"|\b(?:binary|octal|hexadecimal)\b",
+    re.IGNORECASE,
+)
 
-    At least one side has an operator ("5 - 6 = 1"; a bare "20 = 9" is more often a label than a claim).
-    """
-    for m in _EQUATION_RE.finditer(text):
-        left, right = m.group("left"), m.group("right")
-        if not (_OPERATOR_RE.search(left) or _OPERATOR_RE.search(right)):
-            continue
-        before, after = text[: m.start("left")], text[m.end("right") :]
-        opens = _opens(before, left.startswith("-")) or before.rstrip(" \t").endswith("(")
-        if not (opens and (_closes(after) or _bracketed(before, after))):
-            continue
-        try:
-            if _holds(left, right):
-                continue
-        except (ValueError, SyntaxError, ZeroDivisionError):
-            continue
-        if not _RETRACTION_RE.search(_next_sentences(after)):
-            return f"{left} = {right}"
+
+def false_equation(text: str) -> str | None:
+    """The first equation between complete closed arithmetic sides in `text` that does not hold, and
+    that the text does not itself call impossible, or None. A text that works in another base than ten
+    is not read."""
+    if _OTHER_BASE_RE.search(text):
+        return None
+    for left, right, after in equations(text):
+        if not _holds(left, right) and not _RETRACTION_RE.search(_next_sentences(after)):
+            return f"{left} = {right}".replace(MONEY, "$")
     return None

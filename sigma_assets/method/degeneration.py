@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections import Counter
 
 import numpy as np
 
@@ -17,30 +16,31 @@ import numpy as np
 # Loops
 # ---------------------------------------------------------------------------------------------------------
 #
-# Real solutions repeat a lot that is not a loop: the display opener `\[` on its own line a dozen times,
-# `\begin{align*}`, bullets, a restated `x = 5`, matrix rows (`0 0 1 3 -4/3` three times in a row), and
-# even whole short sentences of a case analysis ("This is the same as the original expression." five
-# times, "From these neighbors, we explore their neighbors:" four times, both in correct solutions).
-# What a looping model writes instead is the same passage again and again *in a row*, or long sentences
-# that come back whole (GPT-4 restating a 15-word sentence five times while it circles). So the text is
-# cut into units (lines and sentences), markup-only units are dropped, and a loop is one of:
-#   - the same block of 1 to 8 units three times in a row, when the block holds prose (a formula-only
-#     block of 12 characters or more needs eight: a product is written out as `\frac{2}{3} \times` again
-#     and again, and Qwen chains `= 9 \times \frac{5}{3}` four times in correct solutions; rows of bare
-#     numbers are a table, never a loop);
-#   - a prose sentence of 10 words or more, three times anywhere (correct solutions in the fixtures repeat
-#     sentences of at most 8 words; the looping ones repeat sentences of 10 to 15);
-#   - the same run of up to 40 words three times back to back, within a line or across lines, when the run
-#     holds two prose words or more (four times for one word, "we we we we"; eight for a formula of 12
-#     characters or more, as above).
+# What a looping model writes is the same passage again and again with nothing new in between: once
+# a model repeats itself, each copy makes the next more likely, and the copies become exact (the
+# self-reinforcing repetition of the text degeneration literature). Real solutions repeat a lot that is
+# not that: the display opener `\[` on its own line a dozen times, `\begin{align*}`, bullets, a restated
+# `x = 5`, matrix rows, and template sentences of a case analysis ("This does not match the volume during
+# the filling time." once per graph of a multiple choice, "To find how many they need in 2 months, we
+# multiply ..." once per animal). A case analysis repeats its template around new content; a loop adds
+# nothing. So the text is cut into units (lines and sentences), markup-only units are dropped, and:
+#   - a loop is a passage that comes three times, where the second and third copies, and everything
+#     between them, are units the text has said before: nothing new is said from the second copy on
+#     (the first copy is the passage's own first saying). Copies in a row are the plain case; a model
+#     circling with a varying lead-in ("Let's reconsider the problem again.") loops once the lead-in too
+#     comes back;
+#   - a passage of formulas only counts with `FORMULA_LOOP_COPIES` copies: formulas repeat as notation
+#     (a product written out, `\frac{2}{3} \times \frac{2}{3} \times ...`, a chain that restates a
+#     product); rows of bare numbers are a table, never a loop;
+#   - within a line, the same run of up to 40 words back to back three times when it holds two prose
+#     words or more ("we we we we": four times for one word, since English doubles and triples a word
+#     for emphasis; eight for a formula, as above).
 
 LOOP_COPIES = 3
 FORMULA_LOOP_COPIES = 8
 WORD_LOOP_COPIES = 4
-MAX_LOOP_BLOCK = 8
-LONG_SENTENCE_WORDS = 10
 
-_UNIT_SPLIT_RE = re.compile(r"\n|(?<=[.!?:;])\s+")
+_UNIT_SPLIT_RE = re.compile(r"\n|(?<=[.!?;])\s+")
 _MATH_RE = re.compile(r"\\\(.*?\\\)|\\\[.*?\\\]|\$\$.*?\$\$|\$[^$]*\$", re.DOTALL)
 _COMMAND_RE = re.compile(r"\\[A-Za-z]+\*?(?:\{[^{}]*\})?")
 _PROSE_WORD_RE = re.compile(r"[A-Za-z]{2,}")
@@ -60,37 +60,38 @@ def prose_words(unit: str) -> list[str]:
     return _PROSE_WORD_RE.findall(_COMMAND_RE.sub(" ", _MATH_RE.sub(" ", unit)))
 
 
-def _repeated_block(units: list[str]) -> str | None:
-    """A block of units that comes `LOOP_COPIES` times in a row (`FORMULA_LOOP_COPIES` without prose)."""
-    prose = [bool(prose_words(unit)) for unit in units]
-    for size in range(1, MAX_LOOP_BLOCK + 1):
-        for i in range(len(units) - LOOP_COPIES * size + 1):
-            block = units[i : i + size]
-            copies = 1
-            while units[i + copies * size : i + (copies + 1) * size] == block:
-                copies += 1
-            if copies < LOOP_COPIES:
-                continue
-            if any(prose[i : i + size]):
-                return " ".join(block)
-            text = " ".join(block)
-            formula = not _NUMBER_ROW_RE.fullmatch(text) and len(text.replace(" ", "")) >= 12
-            if formula and copies >= FORMULA_LOOP_COPIES:
-                return text
-    return None
+def _is_formula(text: str) -> bool:
+    return not _NUMBER_ROW_RE.fullmatch(text) and len(text.replace(" ", "")) >= 12
+
+
+def _passage_said_again(units: list[str]) -> str | None:
+    """A passage that comes `LOOP_COPIES` times with nothing new from its second copy on (see above)."""
+    first: dict[str, int] = {}
+    positions: dict[str, list[int]] = {}
+    new_before = [0]  # new_before[i]: how many of units[:i] are first sayings
+    for i, unit in enumerate(units):
+        is_new = unit not in first
+        first.setdefault(unit, i)
+        positions.setdefault(unit, []).append(i)
+        new_before.append(new_before[-1] + is_new)
+    found: tuple[int, int] | None = None  # (start, end) of the first copy of the earliest loop
+    for unit, where in positions.items():
+        copies = LOOP_COPIES if prose_words(unit) else FORMULA_LOOP_COPIES
+        if len(where) < copies or (copies == FORMULA_LOOP_COPIES and not _is_formula(unit)):
+            continue
+        for k in range(len(where) - copies + 1):
+            second, last = where[k + 1], where[k + copies - 1]
+            if new_before[last + 1] == new_before[second]:  # nothing new from the second copy on
+                if found is None or where[k] < found[0]:
+                    found = (where[k], second)
+                break
+    return " ".join(units[found[0] : found[1]]) if found else None
 
 
 def loop(text: str) -> str | None:
     """The passage a looping model repeats in `text` (see the rules above), or None."""
-    units = _units(text)
-    block = _repeated_block(units)
-    if block is not None:
-        return block
-    long_sentences = Counter(unit for unit in units if len(prose_words(unit)) >= LONG_SENTENCE_WORDS)
-    for sentence, count in long_sentences.items():
-        if count >= LOOP_COPIES:
-            return sentence
-    return _repeated_words(text.split())
+    passage = _passage_said_again(_units(text))
+    return passage if passage is not None else _repeated_words(text.split())
 
 
 def _repeated_words(words: list[str]) -> str | None:
@@ -108,7 +109,7 @@ def _repeated_words(words: list[str]) -> str | None:
                 continue
             chunk = " ".join(words[start : start + size])
             prose = len(prose_words(chunk))
-            formula = not _NUMBER_ROW_RE.fullmatch(chunk) and len(chunk.replace(" ", "")) >= 12
+            formula = _is_formula(chunk)
             if (
                 prose >= 2
                 or (prose == 1 and copies >= WORD_LOOP_COPIES)
@@ -156,13 +157,16 @@ _TASK_RE = re.compile(
     r"|\(Unit:"
 )
 _QUESTION_RE = re.compile(r"[A-Za-z][^.!?\n]*\?")
+# An open equation asks for its value: a line that ends in "=" with nothing after it ("((5 + 2) * 3) =",
+# how BIG-Bench's arithmetic problems are written).
+_OPEN_EQUATION_RE = re.compile(r"(?m)^[^\n=]*[\w)\]}][ \t]*=[ \t]*$")
 # Words a script is named by that are not a writing system of their own (math letters, Latin, Greek).
 _NOT_A_SCRIPT = frozenset({"LATIN", "GREEK", "MATHEMATICAL", "DOUBLE-STRUCK", "SCRIPT", "BLACK-LETTER"})
 
 
 def new_question(tail: str) -> str | None:
     """The start of a new question, problem or turn in the text after an answer, or None."""
-    for pattern in (_TURN_RE, _TASK_RE, _QUESTION_RE):
+    for pattern in (_TURN_RE, _TASK_RE, _QUESTION_RE, _OPEN_EQUATION_RE):
         m = pattern.search(tail)
         if m:
             return m.group(0).strip()

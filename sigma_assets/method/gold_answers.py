@@ -30,9 +30,8 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from sigma_assets.method.answers import extract_boxed
+from sigma_assets.method.answers import FUNCTION_NAMES, extract_boxed
 from sigma_assets.method.grading import (
-    FUNCTION_NAMES,
     GOLD_ALTERNATIVES_JOINER,
     AnswerChecker,
     gold_alternatives,

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from sigma_assets.method.answers import plain_number
+from sigma_assets.method.answers import FUNCTION_NAMES, plain_number
 
 # ---------------------------------------------------------------------------------------------------------
 # Answer equality
@@ -33,10 +33,19 @@ from sigma_assets.method.answers import plain_number
 _TRAILING_ZERO_RE = re.compile(r"(-?\d+)\.0+")
 
 
+_CURRENCY_RE = re.compile(r"\\\$|[$€£¥]")
+_TEXT_RE = re.compile(r"\\(?:text|textbf|mathrm|mbox)\{([^{}]*)\}")
+_WORD_ANSWER_RE = re.compile(r"[A-Za-z][A-Za-z\s'-]*[A-Za-z]")
+_PLAIN_PI_RE = re.compile(r"(?<![A-Za-z])pi(?![A-Za-z])")
+
+
 def normalize_answer(s: str) -> str:
-    """A cheap canonical form for the string-equality fast path; never used to decide inequality."""
-    s = re.sub(r"\s+", "", s).replace("$", "")
-    s = plain_number(s)
+    """A cheap canonical form for the string-equality fast path; never used to decide inequality. Money
+    signs go (`\\$18` is 18), and an answer that is a word is compared without case (`East`, `east`)."""
+    s = _TEXT_RE.sub(r"\1", _CURRENCY_RE.sub("", s)).strip()
+    if _WORD_ANSWER_RE.fullmatch(s):
+        return " ".join(s.split()).casefold()
+    s = plain_number(re.sub(r"\s+", "", s))
     m = _TRAILING_ZERO_RE.fullmatch(s)
     return m.group(1) if m else s
 
@@ -59,15 +68,6 @@ PARSE_DROPS = "the parse drops part of the answer"
 PARSE_ADDS = "the parse adds symbols the answer does not have"
 NO_VERDICT = "the checker gave no verdict in time"
 
-# Names that are functions or constants, not variables, when an answer is written in plain text.
-# fmt: off
-FUNCTION_NAMES = frozenset({
-    "sqrt", "cbrt", "sin", "cos", "tan", "cot", "sec", "csc", "arcsin", "arccos", "arctan", "sinh",
-    "cosh", "tanh", "log", "ln", "lg", "exp", "min", "max", "gcd", "lcm", "mod", "floor", "ceil",
-    "sum", "prod", "lim", "pi", "inf", "infty", "infinity", "oo", "binom", "det", "deg", "abs",
-    "sgn", "sign",
-})
-# fmt: on
 _ENVIRONMENT_RE = re.compile(r"\\(?:begin|end)\{[^}]*\}")
 _LATEX_COMMAND_RE = re.compile(r"\\[A-Za-z]+")
 _LETTER_RUN_RE = re.compile(r"[A-Za-z]+")
@@ -84,7 +84,9 @@ def _parse_answer(answer: str) -> list[Any]:
     """math-verify parse of a bare answer string. Runs in the worker process."""
     from math_verify import parse
 
-    s = answer.strip()
+    s = plain_number(_CURRENCY_RE.sub("", answer).strip())  # money signs: `\$1,200` is 1200
+    if "\\" not in s:  # a plain-text answer: `12*pi` names the constant, as `12\pi` does
+        s = _PLAIN_PI_RE.sub(r"\\pi ", s)
     # math-verify extracts from `$...$` / `\boxed{}` spans; a bare `\frac{1}{2}` is not found at all.
     candidates = [s] if ("$" in s or "\\boxed" in s) else [f"${s}$", s]
     for candidate in candidates:

@@ -48,7 +48,6 @@ from typing import Literal
 
 from sigma_assets.llm.generation import GenerationRequest, Sample, SamplingParams
 from sigma_assets.method.answers import final_answer
-from sigma_assets.method.degeneration import loop
 from sigma_assets.method.policy_prompt import CHATML_TEMPLATE, policy_prompt
 
 Generate = Callable[[Sequence[GenerationRequest]], list[list[Sample]]]
@@ -256,12 +255,17 @@ _ANSWERED = ("answer", "false_arithmetic", "new_question", "other_answer", "garb
 def classify_step(
     child: Node, sample: Sample, history: Sequence[str], max_depth: int, delimiter: str = "\n\n"
 ) -> None:
-    """Decide whether a new step is terminal, and why (module docstring); set its answer if it has one."""
-    verdict = final_answer(child.step)
+    """Decide whether a new step is terminal, and why (module docstring); set its answer if it has one.
+
+    The rule reads the whole path: it loops across its steps, and an answer marker may be a step of its
+    own with the answer in the next (PRM800K's "# Answer", then "216"). No earlier step stated an answer
+    (it would have been terminal), so an answer the path states is this step's."""
+    path = delimiter.join([*history, child.step])
+    verdict = final_answer(path)
     reason: str | None = None
     if sample.finish_reason == "length":
         reason = "token_limit"  # cut mid-step: whatever it says is unfinished
-    elif loop(delimiter.join([*history, child.step])) is not None:
+    elif verdict.reason == "repetition":
         reason = "repetition"  # the path loops, across its steps or within this one
     elif verdict.reason in _ANSWERED:
         reason = verdict.reason
