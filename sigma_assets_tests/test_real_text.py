@@ -1,7 +1,8 @@
 """The rules that read model text, over the whole real fixtures (`sigma_assets.testing.real_text`).
 
-The figures are pinned at or above the targets they must hold; `bench/bench_real_text.py` prints them and
-writes the report of every rejected sample."""
+The figures are pinned at or above the targets they must hold, on the sources the rules were decided on
+and on those held out; `bench/bench_real_text.py` prints them and writes the report of every rejected
+sample and every flag."""
 
 from __future__ import annotations
 
@@ -11,16 +12,22 @@ from sigma_assets.method.answers import final_answer
 from sigma_assets.method.arithmetic import false_equation
 from sigma_assets.method.grading import AnswerChecker
 from sigma_assets.testing.real_text import (
+    FALSE_AS_WRITTEN,
+    HELD_OUT,
+    LABELLED,
     RUNAWAY_INTO_NEW_QUESTION,
     SOURCE_GRADER_MISSES,
+    SOURCES,
     VARIANT_REASONS,
     SourceFigures,
     load_graded_texts,
     measure,
     tree_paths_kept,
 )
+from sigma_assets.testing.stated_arithmetic import false_claims
 
-KEPT_AT_LEAST = {"qwen": 0.98, "nemo-skills": 0.95, "theoremqa": 0.95}
+# Sources with a base set of correct, human-clean solutions (MR-GSM8K holds only marked-wrong reasoning).
+WITH_BASE = [s for s in SOURCES if s != "mr-gsm8k"]
 
 
 @pytest.fixture(scope="module")
@@ -29,11 +36,57 @@ def figures() -> dict[str, SourceFigures]:
         return measure(checker.check_many)
 
 
-@pytest.mark.parametrize("source", list(KEPT_AT_LEAST))
+def test_some_sources_are_held_out_and_every_source_is_measured(figures: dict[str, SourceFigures]) -> None:
+    assert set(HELD_OUT) <= set(figures) and set(figures) == set(SOURCES)
+    assert len(figures["prm800k"].base) >= 50 and figures["mr-gsm8k"].wrong_steps >= 250
+
+
+@pytest.mark.parametrize("source", WITH_BASE)
 def test_the_strict_rule_keeps_real_correct_solutions(figures: dict[str, SourceFigures], source: str) -> None:
     fig = figures[source]
-    assert len(fig.base) >= 30
-    assert fig.kept_share >= KEPT_AT_LEAST[source], [(s.key, reason) for s, reason in fig.rejected]
+    assert len(fig.base) >= 20
+    assert fig.kept_share >= 0.99, [(s.key, reason) for s, reason in fig.rejected]
+
+
+@pytest.mark.parametrize("source", WITH_BASE)
+def test_real_correct_solutions_fed_step_by_step_reach_a_correct_terminal(
+    figures: dict[str, SourceFigures], source: str
+) -> None:
+    fig = figures[source]
+    assert fig.fit >= 20
+    assert fig.plus_one / fig.fit >= 0.99, fig.search_misses
+
+
+@pytest.mark.parametrize("source", [s for s in LABELLED if s != "prm800k"])  # PRM800K marks no step wrong
+def test_false_arithmetic_claims_that_humans_marked_as_the_first_error_are_flagged(
+    figures: dict[str, SourceFigures], source: str
+) -> None:
+    fig = figures[source]
+    assert len(fig.false_claim_steps) >= 40
+    assert len(fig.flagged) / len(fig.false_claim_steps) >= 0.85, fig.missed
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_no_flag_where_every_stated_equation_holds(figures: dict[str, SourceFigures], source: str) -> None:
+    assert figures[source].flags_where_all_hold == []
+
+
+def test_flags_on_steps_humans_rated_correct_are_false_as_written(figures: dict[str, SourceFigures]) -> None:
+    rated_ok = [(s, flag) for fig in figures.values() for s, flag in fig.rated_ok_flags]
+    assert rated_ok, "the labelled sources hold steps rated correct that are false as written"
+    for sample, flag in rated_ok:
+        step = next(
+            st for st, label in zip(sample.steps, sample.labels, strict=True) if false_equation(st) == flag
+        )
+        assert any(not claim.holds for claim in false_claims(step)), (sample.key, flag)
+
+
+def test_solutions_that_state_a_false_equation_are_rejected_for_it(figures: dict[str, SourceFigures]) -> None:
+    samples = {(s.source, s.key): s for group in load_graded_texts().values() for s in group}
+    # Read by hand: each equation is false as it stands in the text.
+    assert {key: false_equation(samples[key].text) for key in FALSE_AS_WRITTEN} == FALSE_AS_WRITTEN
+    verdicts = [verdict for fig in figures.values() for _, verdict in fig.false_as_written]
+    assert len(verdicts) >= 6 and set(verdicts) == {"false_arithmetic"}
 
 
 def test_every_solution_that_runs_on_into_a_new_question_is_rejected_as_one(
@@ -44,27 +97,20 @@ def test_every_solution_that_runs_on_into_a_new_question_is_rejected_as_one(
     assert {verdict for keys in runaway.values() for verdict in keys.values()} == {"new_question"}
 
 
-def test_real_solutions_fed_step_by_step_reach_a_correct_terminal_at_their_last_step(
-    figures: dict[str, SourceFigures],
-) -> None:
-    qwen = figures["qwen"]
-    assert qwen.fit >= 300
-    assert qwen.plus_one_at_last / qwen.fit >= 0.95, qwen.search_misses
-
-
 @pytest.mark.parametrize("kind", list(VARIANT_REASONS))
 def test_degenerate_variants_of_kept_solutions_are_rejected_for_the_right_reason(
     figures: dict[str, SourceFigures], kind: str
 ) -> None:
-    for source, fig in figures.items():
-        assert sum(fig.variants[kind].values()) >= 30
+    for source in WITH_BASE:
+        fig = figures[source]
+        assert sum(fig.variants[kind].values()) >= 20
         assert fig.variant_rejected_share(kind) >= 0.95, (source, fig.variants[kind])
 
 
 def test_no_correct_verdict_is_added_but_where_the_source_grader_misses(
     figures: dict[str, SourceFigures],
 ) -> None:
-    added = {source: {s.key for s in fig.added} for source, fig in figures.items()}
+    added = {source: {s.key for s in fig.added} for source, fig in figures.items() if fig.added}
     assert added == SOURCE_GRADER_MISSES
 
 
@@ -73,30 +119,13 @@ def test_real_degenerate_outputs_are_rejected_each_for_its_own_reason() -> None:
     expected = {
         ("nemo-skills", "14"): "new_question",  # "Now solve the question.\n\nQuestion: ..."
         ("nemo-skills", "5"): "new_question",  # "Here's your question: ..."
-        ("nemo-skills", "0"): "other_answer",  # "... it might be written as 0220"
         ("qwen", "48-3"): "garbage",  # token soup after the boxed answer
-        ("theoremqa", "91"): "repetition",  # GPT-4 restating the same paragraphs
-        ("theoremqa", "60"): "repetition",
+        ("theoremqa", "91"): "repetition",  # GPT-4 saying the same paragraphs again and again
+        # GPT-4 circling with a template around new formulas: not a loop by what it is, and cut off
+        ("theoremqa", "60"): "no_answer",
         ("qwen", "16-3"): "false_arithmetic",  # 29 - 10 - 1 = 19
     }
     assert {key: final_answer(samples[key].text).reason for key in expected} == expected
-
-
-def test_false_equations_flagged_in_the_fixtures_are_all_false_as_written() -> None:
-    flagged = {
-        (s.source, s.key): false_equation(s.text)
-        for group in load_graded_texts().values()
-        for s in group
-        if false_equation(s.text)
-    }
-    # Read by hand: each is false as it stands in the text (461 plain equations are read in all).
-    assert flagged == {
-        ("qwen", "16-3"): "29 - 10 - 1 = 19",
-        ("theoremqa", "79"): "2.110 * 1.1309 = 2.3859",
-        ("theoremqa", "241"): "12/6 = 9/10",
-        ("theoremqa", "272"): "8/8 = 4/3",
-        ("theoremqa", "316"): "17.8766 * 1.13 = 20.20066",
-    }
 
 
 def test_every_path_of_real_search_trees_that_ends_in_the_gold_answer_is_kept() -> None:
