@@ -53,6 +53,7 @@ def model_resource(
     max_usd_per_run: float | None = None,
     use_batch_api: bool = False,
     tokenizer: str | None = None,
+    storage: StorageResource | None = None,
 ) -> ModelResource:
     """The resource of one model role, by what serves it (SIGMA_POLICY_BACKEND / SIGMA_CRITIC_BACKEND)."""
     limits: dict[str, Any] = {
@@ -70,9 +71,10 @@ def model_resource(
             use_batch_api=use_batch_api,
             **limits,
         )
+    # In process, a model named by URL is fetched from the storage root.
     if backend == "vllm":
-        return VLLMEngineResource(model=model, **limits)
-    return TransformersModelResource(model=model, **limits)
+        return VLLMEngineResource(model=model, storage=storage, **limits)
+    return TransformersModelResource(model=model, storage=storage, **limits)
 
 
 def build_resources(settings: Settings) -> dict[str, Any]:
@@ -90,6 +92,7 @@ def build_resources(settings: Settings) -> dict[str, Any]:
             server=settings.policy_server,
             max_usd_per_run=settings.max_usd_per_run,
             tokenizer=settings.policy_tokenizer,
+            storage=storage,
         ),
         "critic": model_resource(
             settings.critic_backend,
@@ -99,11 +102,13 @@ def build_resources(settings: Settings) -> dict[str, Any]:
             concurrency=settings.critic_concurrency,
             max_usd_per_run=settings.max_usd_per_run,
             use_batch_api=settings.critic_batch_api,
+            storage=storage,
         ),
         "training": TrainingResource(
             base_model=settings.base_model,
             profile=settings.training_profile,
             launcher=settings.training_launcher,
+            storage=storage,
         ),
         "evaluation": EvaluationResource(eval_sets=settings.eval_sets),
         # The trainer runs as its own process (python, accelerate or torchrun) and reports back.

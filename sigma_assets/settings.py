@@ -69,6 +69,8 @@ class Settings(BaseSettings):
     # The critic's calls through the OpenAI Batch API (half price, answered within 24 h).
     critic_batch_api: Annotated[bool, _env("SIGMA_CRITIC_BATCH_API")] = False
     # Training and evaluation: the base model fine-tuned, the named training profile, benchmark files.
+    # A model (base or policy) may be a local folder, the bundled SmolLM2, or a folder URL on the storage
+    # root (`s3://bucket/models/NAME`), fetched once per machine into SIGMA_MODEL_CACHE.
     base_model: Annotated[str, _env("SIGMA_BASE_MODEL")] = BUNDLED_SMOLLM2
     training_profile: Annotated[str, _env("SIGMA_TRAINING_PROFILE")] = "cpu"
     # What starts the trainer: empty for this Python, else e.g. `torchrun --nproc-per-node 8` or

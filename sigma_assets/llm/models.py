@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from sigma_assets.llm.generation import Backend
 from sigma_assets.settings import BUNDLED_SMOLLM2, PROJECT_ROOT
@@ -15,12 +17,17 @@ def model_cache_dir() -> Path:
     return Path(os.environ.get("SIGMA_MODEL_CACHE", str(DEFAULT_MODEL_CACHE)))
 
 
-def resolve_local_model(model: str) -> str:
-    """A local model folder for `model`: the bundled SmolLM2 is converted once into the model cache."""
+def resolve_local_model(model: str, storage_options: Mapping[str, Any] | None = None) -> str:
+    """A local model folder for `model`: the bundled SmolLM2 is converted once into the model cache, a
+    folder named by URL (`s3://...`, reached with `storage_options`) is fetched once into it."""
     if model == BUNDLED_SMOLLM2:
         from sigma_assets.llm.local_models import ensure_smollm2
 
         return str(ensure_smollm2(model_cache_dir()))
+    from sigma_assets.llm.remote_models import fetch_model, is_remote
+
+    if is_remote(model):
+        return str(fetch_model(model, model_cache_dir() / "remote", storage_options))
     return model
 
 

@@ -17,6 +17,7 @@ from sigma_assets.data.storage import StorageRoot
 from sigma_assets.llm.client import LLMClient, RequestFailed, RetrySettings
 from sigma_assets.llm.generation import Backend
 from sigma_assets.llm.models import resolve_local_model
+from sigma_assets.llm.remote_models import storage_options_for
 from sigma_assets.llm.response_store import ResponseStore
 from sigma_assets.settings import BUNDLED_SMOLLM2
 
@@ -140,7 +141,21 @@ class ModelResource(dg.ConfigurableResource):
             store.compact()
 
 
-class TransformersModelResource(ModelResource):
+class InProcessModelResource(ModelResource):
+    """A model that runs in the step's process, from a local folder, the bundled SmolLM2, or a folder
+    named by URL on the storage root (fetched once into the local model cache)."""
+
+    # Where a model named by URL (`s3://...`) is fetched from, with the root's endpoint and keys; unset,
+    # a URL is read with its filesystem's own standard settings.
+    storage: StorageResource | None = None
+
+    def _local_folder(self, model: str) -> str:
+        """`model` as a local folder: the bundled model converted, a URL fetched once into the cache."""
+        root = self.storage.location() if self.storage else None
+        return resolve_local_model(model, storage_options_for(model, root))
+
+
+class TransformersModelResource(InProcessModelResource):
     """A local model folder (or the bundled SmolLM2) run in the step's process with transformers."""
 
     device: str = "auto"
@@ -150,15 +165,15 @@ class TransformersModelResource(ModelResource):
         return "transformers"
 
     def local_model_path(self) -> str | None:
-        return resolve_local_model(self.model)
+        return self._local_folder(self.model)
 
     def build_backend(self) -> Backend:
         from sigma_assets.llm.backends.hf_local import TransformersBackend
 
-        return TransformersBackend(resolve_local_model(self.model), device=self.device, model_name=self.model)
+        return TransformersBackend(self._local_folder(self.model), device=self.device, model_name=self.model)
 
 
-class VLLMEngineResource(ModelResource):
+class VLLMEngineResource(InProcessModelResource):
     """A local model folder run in the step's process by vLLM's engine (a GPU machine)."""
 
     @property
@@ -166,12 +181,12 @@ class VLLMEngineResource(ModelResource):
         return "vllm"
 
     def local_model_path(self) -> str | None:
-        return resolve_local_model(self.model)
+        return self._local_folder(self.model)
 
     def build_backend(self) -> Backend:
         from sigma_assets.llm.backends.vllm_engine import VLLMBackend
 
-        return VLLMBackend(resolve_local_model(self.model), model_name=self.model)
+        return VLLMBackend(self._local_folder(self.model), model_name=self.model)
 
 
 class OpenAIModelResource(ModelResource):
