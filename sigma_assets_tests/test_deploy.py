@@ -6,9 +6,11 @@ renders the compose file, Dagster's and dagster-k8s's own parsers read the rest.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -380,31 +382,55 @@ VALUES = DEPLOY / "helm" / "values.yaml"
 DEPLOY_README = DEPLOY / "README.md"
 
 
+def _instance_config(tmp_path: Path, instance: dict[str, Any]) -> dict[str, Any]:
+    """The instance as Dagster reads it from a `dagster.yaml` (its schema and its concurrency check); the
+    run launcher, which needs a cluster, is left out here and loaded by the pod tests below."""
+    instance = {k: v for k, v in instance.items() if k != "run_launcher"}
+    (tmp_path / "dagster.yaml").write_text(yaml.safe_dump(instance))
+    config, _ = dagster_instance_config(str(tmp_path))
+    return config
+
+
+def _without_dequeue_defaults() -> dict[str, Any]:
+    """The chart's defaults as a version without dequeue settings would have them."""
+    from sigma_assets_tests.helm_instance import CHART_DEFAULTS, helm_merge
+
+    qrc = {"dequeueUseThreads": None, "dequeueNumWorkers": None}
+    return helm_merge(
+        CHART_DEFAULTS, {"dagsterDaemon": {"runCoordinator": {"config": {"queuedRunCoordinator": qrc}}}}
+    )
+
+
 def test_the_instance_the_chart_builds_has_the_limits_the_readme_promises(tmp_path):
     from sigma_assets.defs.operations.pools import POOL_LIMITS
-    from sigma_assets_tests.helm_instance import ChartFailure, render_instance
+    from sigma_assets_tests.helm_instance import render_instance, repeated_keys
 
     values = yaml.safe_load(VALUES.read_text())
     rendered = render_instance(values)
-    (tmp_path / "dagster.yaml").write_text(yaml.safe_dump(rendered))
-    config, _ = dagster_instance_config(str(tmp_path))  # Dagster's own schema
+    config = _instance_config(tmp_path, rendered)
     laptop = yaml.safe_load((ROOT / "dagster.yaml").read_text())
-    assert config["run_coordinator"]["class"] == "QueuedRunCoordinator"
+    # The queue: the chart's dequeue defaults render a `config:` block, without a run limit in it.
+    coordinator = config["run_coordinator"]
+    assert coordinator["class"] == "QueuedRunCoordinator"
+    assert coordinator["config"] == {"dequeue_use_threads": True, "dequeue_num_workers": 4}
     assert config["concurrency"] == laptop["concurrency"]  # 2 runs; pools 1 step at a time, by op
     assert config["concurrency"]["runs"]["max_concurrent_runs"] == 2
+    assert config["run_monitoring"] == {
+        "enabled": True,
+        "start_timeout_seconds": 300,
+        "poll_interval_seconds": 30,
+        "max_resume_run_attempts": 0,
+        "free_slots_after_run_end_seconds": 0,
+    }
     assert config["run_retries"] == {"enabled": True, "max_retries": 2, "retry_on_asset_or_op_failure": False}
-    assert config["run_monitoring"]["enabled"] is True
-    # Without `enabled: true` the chart renders no limits at all: the queue would run every run at once.
-    silent = render_instance(
-        {**values, "concurrency": {k: v for k, v in values["concurrency"].items() if k != "enabled"}}
-    )
-    assert "concurrency" not in silent
-    with pytest.raises(ChartFailure, match=r"both concurrency\.runs\.maxConcurrentRuns"):
-        both = {
-            **values["dagsterDaemon"]["runCoordinator"],
-            "config": {"queuedRunCoordinator": {"maxConcurrentRuns": 3}},
-        }
-        render_instance({**values, "dagsterDaemon": {**values["dagsterDaemon"], "runCoordinator": both}})
+    assert repeated_keys(values) == []  # nothing appended silently replaces a block the chart wrote
+    assert config["sensors"] == {"use_threads": True, "num_workers": 4}
+    assert config["schedules"] == {"use_threads": True, "num_workers": 4}
+    assert config["telemetry"] == {"enabled": False}
+    # Whatever the chart's dequeue defaults, the same limits hold.
+    other = _instance_config(tmp_path, render_instance(values, _without_dequeue_defaults()))
+    assert "config" not in other["run_coordinator"] and other["concurrency"] == config["concurrency"]
+
     # Pools with a limit of their own are set after the install: the README's commands, run for real with
     # Dagster's CLI on an instance of the rendered configuration.
     commands = re.findall(
@@ -423,6 +449,267 @@ def test_the_instance_the_chart_builds_has_the_limits_the_readme_promises(tmp_pa
         limits = {p.name: p.limit for p in instance.event_log_storage.get_pool_limits()}
     default = config["concurrency"]["pools"]["default_limit"]
     assert {p: limits.get(p, default) for p in POOL_LIMITS} == POOL_LIMITS
+
+
+def test_the_chart_conditions_that_would_stop_the_daemon_are_followed(tmp_path):
+    """The coordinator template's conditions and the concurrency template's `fail`s, and Dagster's own
+    check that refuses a run limit in both places (it stops the daemon), which the rendering must pass."""
+    from dagster._core.errors import DagsterInvalidConfigError
+
+    from sigma_assets_tests.helm_instance import ChartFailure, render_instance
+
+    values = yaml.safe_load(VALUES.read_text())
+    rendered = render_instance(values)
+    # A coordinator block that also carried the limit (as the chart did before its concurrency
+    # conditions) is what Dagster refuses: the check the rendering passes above is live.
+    conflicting = {**rendered, "run_coordinator": {**rendered["run_coordinator"]}}
+    conflicting["run_coordinator"]["config"] = {
+        **rendered["run_coordinator"]["config"],
+        "max_concurrent_runs": -1,
+    }
+    with pytest.raises(DagsterInvalidConfigError, match="incompatible with the `concurrency > runs`"):
+        _instance_config(tmp_path, conflicting)
+    # Without `enabled: true` the chart renders no limits at all, and the queue runs every run at once.
+    silent = render_instance(
+        {**values, "concurrency": {k: v for k, v in values["concurrency"].items() if k != "enabled"}}
+    )
+    assert "concurrency" not in silent
+    assert silent["run_coordinator"]["config"]["max_concurrent_runs"] == -1
+    both = {
+        **values["dagsterDaemon"]["runCoordinator"],
+        "config": {"queuedRunCoordinator": {"maxConcurrentRuns": 3}},
+    }
+    with pytest.raises(ChartFailure, match=r"both concurrency\.runs\.maxConcurrentRuns"):
+        render_instance({**values, "dagsterDaemon": {**values["dagsterDaemon"], "runCoordinator": both}})
+    # The chart renders runRetries with retryOnAssetOrOpFailure (false included) when it is enabled.
+    retries = {"enabled": True, "maxRetries": 2, "retryOnAssetOrOpFailure": False}
+    chart_retries = render_instance(
+        {
+            **values,
+            "dagsterDaemon": {**values["dagsterDaemon"], "runRetries": retries},
+            "additionalInstanceConfig": {},
+        }
+    )["run_retries"]
+    assert chart_retries == {"enabled": True, "max_retries": 2, "retry_on_asset_or_op_failure": False}
+
+
+# -- the pods dagster-k8s builds from these values ----------------------------------------------------
+
+KUBECONFIG = {
+    "apiVersion": "v1",
+    "kind": "Config",
+    # Never contacted: dagster-k8s only builds its API clients from it.
+    "clusters": [{"name": "test", "cluster": {"server": "https://127.0.0.1:1"}}],
+    "users": [{"name": "test", "user": {"token": "not-a-token"}}],
+    "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test", "namespace": "dagster"}}],
+    "current-context": "test",
+}
+
+
+@pytest.fixture(scope="module")
+def kubeconfig(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("kube") / "config"
+    path.write_text(yaml.safe_dump(KUBECONFIG))
+    return str(path)
+
+
+def _launcher(values: dict[str, Any], kubeconfig: str):
+    """A real K8sRunLauncher from the config the chart renders (its own schema applied), reading a
+    kubeconfig instead of the in-cluster one."""
+    from dagster._config import process_config
+    from dagster_k8s import K8sRunLauncher
+
+    from sigma_assets_tests.helm_instance import render_run_launcher
+
+    block = render_run_launcher(values)
+    assert (block["module"], block["class"]) == ("dagster_k8s", "K8sRunLauncher")
+    processed = process_config(K8sRunLauncher.config_type(), block["config"])
+    assert processed.success, processed.errors
+    config = {**processed.value, "load_incluster_config": False, "kubeconfig_file": kubeconfig}
+    return K8sRunLauncher(**config)
+
+
+def _run(values: dict[str, Any]):
+    """A run of the code location, carrying the container context the chart gives its code server."""
+    from dagster._core.code_pointer import ModuleCodePointer
+    from dagster._core.origin import JobPythonOrigin, RepositoryPythonOrigin
+    from dagster._core.storage.dagster_run import DagsterRun
+
+    from sigma_assets_tests.helm_instance import render_container_context
+
+    (deployment,) = values["dagster-user-deployments"]["deployments"]
+    origin = RepositoryPythonOrigin(
+        executable_path=sys.executable,
+        code_pointer=ModuleCodePointer("sigma_assets.definitions", "defs", None),
+        container_image="sigma-gpu:test",
+        container_context=render_container_context(values, deployment["name"]),
+    )
+    return DagsterRun(
+        job_name="generation_job", run_id="0" * 32, job_code_origin=JobPythonOrigin("generation_job", origin)
+    )
+
+
+def _pod_resources(container_context, launcher) -> dict[str, Any]:
+    job = construct_dagster_k8s_job(
+        container_context.get_k8s_job_config("sigma-gpu:test", launcher),
+        ["dagster", "api", "execute_run"],
+        "pod",
+        container_context.run_k8s_config,
+    )
+    (container,) = job.spec.template.spec.containers
+    resources = container.resources
+    return {k: v for k, v in (("requests", resources.requests), ("limits", resources.limits)) if v}
+
+
+def _step_resources(values: dict[str, Any], launcher, kubeconfig: str, step: str, tags: dict[str, str]):
+    """A step pod's resources, merged by dagster-k8s's own step handler (`K8sStepHandler`)."""
+    from types import SimpleNamespace
+
+    from dagster_k8s.container_context import K8sContainerContext
+    from dagster_k8s.executor import K8sStepHandler
+
+    handler = K8sStepHandler(
+        image=None,
+        container_context=K8sContainerContext(),
+        load_incluster_config=False,
+        kubeconfig_file=kubeconfig,
+    )
+    context = SimpleNamespace(
+        execute_step_args=SimpleNamespace(step_keys_to_execute=[step]),
+        dagster_run=_run(values),
+        instance=SimpleNamespace(run_launcher=launcher),
+        step_tags={step: tags},
+        get_step_context=lambda key: SimpleNamespace(step=SimpleNamespace(op_name=key)),
+    )
+    return _pod_resources(handler._get_container_context(context), launcher)
+
+
+def _cluster_settings(values: dict[str, Any]) -> Settings:
+    (deployment,) = values["dagster-user-deployments"]["deployments"]
+    return Settings.from_env({e["name"]: e["value"] for e in deployment["env"]})
+
+
+def test_every_run_and_step_pod_gets_the_resources_the_values_promise(kubeconfig):
+    """dagster-k8s's own merging: the launcher's config, then the code location's container context
+    (includeConfigInLaunchedRuns), then for a step its op's `dagster-k8s/config` tag."""
+    values = yaml.safe_load(VALUES.read_text())
+    (deployment,) = values["dagster-user-deployments"]["deployments"]
+    promised = deployment["resources"]
+    launcher = _launcher(values, kubeconfig)
+    run_context = launcher.get_container_context_for_run(_run(values))
+    assert _pod_resources(run_context, launcher) == promised
+    settings = _cluster_settings(values)
+    assert settings.k8s_step_pods  # each step in its own pod, so the tags below apply
+    for key in defs.resolve_asset_graph().get_all_asset_keys():
+        asset = key.to_user_string()
+        tags = _tags(asset, settings) if asset in GPU_ASSETS else {}
+        got = _step_resources(values, launcher, kubeconfig, asset, tags)
+        if asset in GPU_ASSETS:
+            # Exactly the tag's own: nothing of the code location's requests is left under them.
+            assert got == k8s_op_tags(asset, settings)[K8S_CONFIG_TAG]["container_config"]["resources"], asset
+        else:
+            assert got == promised, asset
+    assert _step_resources(
+        values, launcher, kubeconfig, "finetuned_model", _tags("finetuned_model", settings)
+    )["limits"][GPU_RESOURCE] == str(settings.training_gpus)
+
+
+def test_resources_on_the_run_launcher_never_reach_a_pod_so_the_values_set_none(kubeconfig):
+    values = yaml.safe_load(VALUES.read_text())
+    launcher_values = values["runLauncher"]["config"]["k8sRunLauncher"]
+    assert "resources" not in launcher_values
+    with_launcher_resources = copy.deepcopy(values)
+    with_launcher_resources["runLauncher"]["config"]["k8sRunLauncher"]["resources"] = {
+        "requests": {"cpu": "250m", "memory": "1Gi"}
+    }
+    launcher = _launcher(with_launcher_resources, kubeconfig)
+    run_context = launcher.get_container_context_for_run(_run(with_launcher_resources))
+    (deployment,) = values["dagster-user-deployments"]["deployments"]
+    assert _pod_resources(run_context, launcher) == deployment["resources"]
+
+
+# -- the images and the README's steps ----------------------------------------------------------------
+
+
+def _load_instance(home: Path) -> subprocess.CompletedProcess[str]:
+    """Dagster's instance in `home`, loaded in a clean process with only what the chart's code server
+    pod has in its environment for it (DAGSTER_HOME; no DAGSTER_PG_*)."""
+    code = "import dagster as dg; print(type(dg.DagsterInstance.get().run_storage).__name__)"
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        env={"PATH": os.environ["PATH"], "HOME": str(home), "DAGSTER_HOME": str(home)},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+
+
+def test_the_images_carry_no_instance_file_and_a_code_server_starts_without_one(tmp_path):
+    """The compose `dagster.yaml` reads DAGSTER_PG_*, which the chart does not set: no image copies it
+    (the compose services mount it), and a code server on the chart starts on an empty DAGSTER_HOME."""
+    for name in ("Dockerfile", "Dockerfile.gpu"):
+        text = (DEPLOY / name).read_text()
+        copies = " ".join(re.findall(r"^COPY (.+)$", text, flags=re.M))
+        assert "dagster.yaml" not in copies and "dagster_home" not in copies, name
+        assert 'RUN mkdir -p "$DAGSTER_HOME"' in text, name
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    started = _load_instance(empty)
+    assert started.returncode == 0, started.stderr[-2000:]
+    # What the image used to carry: the same pod cannot load it.
+    carried = tmp_path / "carried"
+    carried.mkdir()
+    shutil.copy(DEPLOY / "dagster.yaml", carried / "dagster.yaml")
+    failed = _load_instance(carried)
+    assert failed.returncode != 0 and "DAGSTER_PG_HOST" in failed.stderr
+
+
+def test_the_chart_values_name_models_that_every_pod_can_reach():
+    values = yaml.safe_load(VALUES.read_text())
+    settings = _cluster_settings(values)
+    from sigma_assets.llm.remote_models import is_remote
+
+    # No pod mounts model folders: the base model lives on the storage root, in its bucket.
+    assert is_remote(settings.base_model)
+    assert settings.base_model.split("/")[2] == settings.storage_url.split("/")[2]
+    # The policy is a server here; were it in process, its model would have to be a URL as well.
+    assert settings.policy_backend == "openai" or is_remote(settings.policy_model)
+    (deployment,) = values["dagster-user-deployments"]["deployments"]
+    for entry in deployment["env"]:
+        assert not str(entry["value"]).startswith("/"), entry  # no folder that nothing mounts
+
+
+def _commands(text: str) -> list[str]:
+    """The commands of a shell block, continuations joined, comments dropped."""
+    joined = re.sub(r"\\\n\s*", " ", text)
+    return [line.strip() for line in joined.splitlines() if line.strip() and not line.strip().startswith("#")]
+
+
+def test_the_readme_steps_run_in_order_as_written():
+    readme = DEPLOY_README.read_text()
+    (block,) = [b for b in re.findall(r"```bash\n(.*?)```", readme, flags=re.S) if "helm upgrade" in b]
+    lines = _commands(block)
+
+    def first(prefix: str) -> int:
+        return next(i for i, line in enumerate(lines) if line.startswith(prefix))
+
+    assert first("helm repo add dagster") < first("helm repo update") < first("helm upgrade --install")
+    assert first("kubectl create secret") < first("helm upgrade --install")
+    # The daemon's pod waits for PostgreSQL in its init containers; exec only once it runs.
+    rollout = first("kubectl rollout status deploy/sigma-dagster-daemon")
+    assert first("helm upgrade --install") < rollout < first("kubectl exec deploy/sigma-dagster-daemon")
+    assert re.search(r"--timeout=\d+m", lines[rollout])
+
+
+@pytest.mark.parametrize("path", [DEPLOY_README, VALUES], ids=["README", "values"])
+def test_every_set_with_brackets_is_quoted_for_zsh(path):
+    """zsh expands an unquoted `[0]` as a glob and stops with "no matches found"."""
+    sets = re.findall(r"--set[ =](\S+)", path.read_text())
+    assert sets
+    for argument in sets:
+        if "[" in argument:
+            assert argument[0] in "'\"" and argument[-1] == argument[0], argument
 
 
 def test_the_chart_is_pinned_to_the_dagster_minor_release_of_the_code_location():
