@@ -4,6 +4,10 @@ dagster-k8s applies them when each step runs in its own pod (`k8s_job_executor`,
 SIGMA_K8S_STEP_PODS=true); on a laptop or in the compose stack they are inert tags. Whether a pod asks
 for GPUs follows the settings: the search needs none when a policy server answers it, and the `cpu`
 training profile (the bundled model) trains and evaluates without one.
+
+dagster-k8s deep-merges a tag over the code location's container context (the Helm values' user
+deployment `resources`, which every other pod gets): both requests set here replace its requests, and
+the limits here are the only ones, as long as the values set requests only.
 """
 
 from __future__ import annotations
