@@ -31,7 +31,9 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-# The 1.13 chart's defaults for the keys the templates above read.
+# The chart's defaults for the keys the templates above read, as its 1.13 values.yaml sets them. That
+# file is not available offline to compare against, so the tests do not lean on them: they hold with
+# the dequeue defaults present and absent, and the values set every monitoring key themselves.
 CHART_DEFAULTS: dict[str, Any] = {
     "global": {
         "dagsterHome": "/opt/dagster/dagster_home",
