@@ -32,8 +32,9 @@ import copy
 from typing import Any
 
 # The chart's defaults for the keys the templates above read, as its 1.13 values.yaml sets them. That
-# file is not available offline to compare against, so the tests do not lean on them: they hold with
-# the dequeue defaults present and absent, and the values set every monitoring key themselves.
+# file is not available offline to compare against, so the limits the tests promise do not lean on
+# them (they hold with the dequeue defaults present and absent; the values set every monitoring key);
+# only the rendered sensors, schedules and dequeue settings are the defaults' own.
 CHART_DEFAULTS: dict[str, Any] = {
     "global": {
         "dagsterHome": "/opt/dagster/dagster_home",
