@@ -33,6 +33,7 @@ import ast
 import operator
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from fractions import Fraction
 
 # ---------------------------------------------------------------------------------------------------------
@@ -155,10 +156,12 @@ def arithmetic_value(expr: str) -> Fraction | None:
     return _value(text)
 
 
-def _holds(left: str, right: str) -> bool:
-    """Whether `left = right`, exactly; a side that is one number may be rounded or cut to the digits it
-    shows (within one unit of its last digit)."""
-    a, b = _value(left), _value(right)
+def _holds(left: str, right: str, a: Fraction | None = None, b: Fraction | None = None) -> bool:
+    """Whether `left = right` (their values `a` and `b`, read with the usual precedence unless given),
+    exactly; a side that is one number may be rounded or cut to the digits it shows (within one unit of
+    its last digit)."""
+    a = _value(left) if a is None else a
+    b = _value(right) if b is None else b
     assert a is not None and b is not None
     if (MONEY in left) != (MONEY in right) and a and b and (a == 100 * b or b == 100 * a):
         return True  # cents on one side, dollars on the other: "900 - 100 = $8" converts
@@ -206,10 +209,10 @@ _ARITHMETIC_CHARS = frozenset("0123456789+-*/() \t" + MONEY)
 
 def _is_run_char(text: str, i: int) -> bool:
     """Whether `text[i]` belongs to a run of arithmetic: a full stop only as a decimal point (`2.5`,
-    `.20`), never as the end of a sentence."""
+    `.20`), never as the end of a sentence or part of an ellipsis (`2222...222`)."""
     ch = text[i]
     if ch == ".":
-        return text[i + 1 : i + 2].isdigit()
+        return text[i + 1 : i + 2].isdigit() and text[i - 1 : i] != "."
     return ch in _ARITHMETIC_CHARS
 
 
@@ -247,6 +250,10 @@ def _before_ok(before: str, signed: bool) -> bool:
     if stripped.endswith("}"):
         return _TEXT_GROUP_RE.search(stripped) is not None
     last = stripped[-1]
+    if stripped.endswith("..") or stripped.endswith("…"):
+        return False  # "2222...222": an ellipsis goes on with the number
+    if last == "!" and re.search(r"[\w)}]!$", stripped):
+        return False  # "10!(1 + 11)": a factorial, not the end of a sentence
     if signed and last in ")]":
         return False  # "(a) -5 + 3": a binary minus after a bracket
     if last in "([" and re.search(r"[\w)\]}]$", stripped[:-1]):
@@ -272,6 +279,10 @@ def _after_ok(after: str) -> bool:
     if first.isalpha():
         # A unit or a prose word apart from the side; not "5x" and not "41 remainder 212".
         return stripped != after and not _WORD_THEN_NUMBER_RE.match(after)
+    if stripped.startswith("..") or first == "…":
+        return False  # "1111...111": an ellipsis goes on with the number
+    if first == "!" and stripped == after:
+        return False  # "= 121 * 10!": a factorial
     if first in ".!?":
         return not stripped[1:2].isdigit()
     return first in ":;,&=<>≤≥≈)]}\n"
@@ -305,9 +316,22 @@ def _has_operator(side: str) -> bool:
     return re.search(rf"[\d)]\s*[-+*/]\s*[-(\d{MONEY}]", side) is not None
 
 
-def equations(text: str) -> Iterator[tuple[str, str, str]]:
-    """(left, right, the region's text after it) for every equation between complete closed arithmetic
-    sides in `text`, at least one of them with an operator ("20 = 9" alone is more often a label)."""
+@dataclass(frozen=True)
+class Equation:
+    """An equation between complete closed arithmetic sides, with the text of its region around it."""
+
+    left: str
+    right: str
+    before: str
+    after: str
+
+    def __str__(self) -> str:
+        return f"{self.left} = {self.right}".replace(MONEY, "$")
+
+
+def equations(text: str) -> Iterator[Equation]:
+    """Every equation between complete closed arithmetic sides in `text`, at least one of them with an
+    operator ("20 = 9" alone is more often a label than a claim)."""
     for region in regions(text):
         segments = _EQUALS_RE.split(normalized(region))
         for i in range(len(segments) - 1):
@@ -315,7 +339,8 @@ def equations(text: str) -> Iterator[tuple[str, str, str]]:
             if left is None or right is None or _value(left) is None or _value(right[0]) is None:
                 continue
             if _has_operator(left) or _has_operator(right[0]):
-                yield left, right[0], "=".join([right[1], *segments[i + 2 :]])
+                before = "=".join([*segments[:i], segments[i][: segments[i].rstrip().rfind(left)]])
+                yield Equation(left, right[0], before, "=".join([right[1], *segments[i + 2 :]]))
 
 
 _RETRACTION_RE = re.compile(
@@ -325,28 +350,63 @@ _RETRACTION_RE = re.compile(
 )
 
 
-def _next_sentences(after: str, limit: int = 200) -> str:
-    """The rest of the equation's sentence and the next one."""
-    ends = [m.end() for m in re.finditer(r"[.!?](?:\s|$)|\n\n", after[:limit])]
-    return after[: ends[1] if len(ends) > 1 else limit]
+def _next_sentences(after: str, limit: int = 400) -> str:
+    """The rest of the equation's sentence and the next sentence of prose (lines of bare equations that
+    carry the chain on are passed over: "8 = -32 + 12 - 8\n\n8 = -28\n\nSince this is not true")."""
+    prose, start = 0, 0
+    for m in re.finditer(r"[.!?](?:\s|$)|\n", after[:limit]):
+        prose += bool(re.search(r"[A-Za-z]{2,}", after[start : m.end()]))
+        start = m.end()
+        if prose >= 2:
+            return after[:start]
+    return after[:limit]
 
 
-# Numerals of another base are notation of another system: in base 2, "1 + 1 = 10" holds.
+# An equation put as a question to check is not claimed: "Let's verify that 4 * 18322 = 73228".
+_HYPOTHESIS_RE = re.compile(
+    r"(?:\b(?:verify|check|test|confirm|see)\s+(?:that|if|whether)|\bwhether|\bsuppose)\b[^.!?\n]*$",
+    re.IGNORECASE,
+)
+
+
+def _spaced_reading(side: str) -> Fraction | None:
+    """The value of a side read as its spacing groups it: in plain text "2/3 / 11/3" and
+    "12*11*10 / 3*2*1" divide the tight groups, whatever the precedence of `/` and `*`."""
+    tokens = side.split()
+    grouped = [f"({t})" if re.search(r"\d[*/]", t) and t.count("(") == t.count(")") else t for t in tokens]
+    return _value(" ".join(grouped)) if grouped != tokens else None
+
+
+# Numerals of another base, and residues, are notation of another arithmetic: in base 2, "1 + 1 = 10"
+# holds, and modulo 12 "13 + 11 = 2" does.
 _OTHER_BASE_RE = re.compile(
     r"\b(?:in|to|into|from) base[- ]?(?!10\b)\d+\b"
     r"|\bbase[- ]?(?!10\b)\d+ (?:number|numeral|representation|digit|system|arithmetic|expansion)"
-    r"|\b(?:binary|octal|hexadecimal)\b",
+    r"|\b(?:binary|octal|hexadecimal)\b"
+    r"|\bmod(?:ulo|ulus|ular)?\b|\\pmod|\\bmod|\\equiv|≡|\bremainders\b|\bremainder (?:when|of|upon)\b",
     re.IGNORECASE,
 )
 
 
 def false_equation(text: str) -> str | None:
     """The first equation between complete closed arithmetic sides in `text` that does not hold, and
-    that the text does not itself call impossible, or None. A text that works in another base than ten
-    is not read."""
-    if _OTHER_BASE_RE.search(text):
-        return None
-    for left, right, after in equations(text):
-        if not _holds(left, right) and not _RETRACTION_RE.search(_next_sentences(after)):
-            return f"{left} = {right}".replace(MONEY, "$")
+    that the text does not itself call impossible, or None. A paragraph that works in another base than
+    ten or in residues is not read."""
+    paragraphs = text.split("\n\n")
+    text = "\n\n".join("" if _OTHER_BASE_RE.search(p) else p for p in paragraphs)
+    for equation in equations(text):
+        if _holds(equation.left, equation.right) or _holds_as_spaced(equation):
+            continue
+        if _RETRACTION_RE.search(_next_sentences(equation.after)) or _HYPOTHESIS_RE.search(equation.before):
+            continue
+        return str(equation)
     return None
+
+
+def _holds_as_spaced(equation: Equation) -> bool:
+    """Whether the equation holds when either side is read as its spacing groups it (`_spaced_reading`):
+    an ambiguous side is false only when false in every reading."""
+    a, b = _spaced_reading(equation.left), _spaced_reading(equation.right)
+    if a is None and b is None:
+        return False
+    return _holds(equation.left, equation.right, a, b)
