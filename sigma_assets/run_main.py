@@ -44,7 +44,7 @@ SUMMARY = {
     "sibling_sets": ("problems_with_path", "sibling_mean_visits", "sibling_reached_share"),
     "critiques": ("generic_rate", "step_fallback_problems", "critic_requests"),
     "refined_paths": ("drift_rate", "regurgitation_rate", "calls_per_problem", "tokens_per_problem"),
-    "sft_dataset": ("samples", "tokens", "kept_original_share", "duplicates_removed"),
+    "sft_dataset": ("samples", "revised", "kept_original", "kept_original_share", "tokens"),
     "finetuned_model": ("steps", "final_loss", "tokens_per_s", "path"),
 }
 # The console stays quiet (the UI keeps every event); steps run in this process, one after another,
@@ -199,6 +199,14 @@ def load_quietly(asset: str, instance: dg.DagsterInstance, verbose: bool) -> Any
         return defs.load_asset_value(asset, instance=instance)
 
 
+def evaluation_notes(instance: dg.DagsterInstance) -> list[str]:
+    """What the last evaluation says under its table: what the ablation compared, what was not scored."""
+    event = instance.get_latest_materialization_event(dg.AssetKey("eval_scores"))
+    materialization = event.asset_materialization if event else None
+    notes = materialization.metadata.get("notes") if materialization else None
+    return [str(note) for note in notes.value] if isinstance(notes, dg.JsonMetadataValue) else []
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run the main jobs over every partition, watched.")
     parser.add_argument(
@@ -228,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"failed: {', '.join(failed)}; see the runs in the UI", file=sys.stderr)
         return 1
     if evaluation_job.name in jobs:
-        print(format_table(load_quietly("eval_scores", instance, verbose)), flush=True)
+        table = load_quietly("eval_scores", instance, verbose)
+        print(format_table(table, evaluation_notes(instance)), flush=True)
     print(f"{clock} done", flush=True)
     return 0
 

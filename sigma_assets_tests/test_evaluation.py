@@ -107,7 +107,10 @@ def test_accuracy_table_and_ablation_deltas():
     assert scoring.ablation_deltas(table) == {
         "b": {"sigma - mcts": 25.0, "sigma - base": 50.0, "mcts - base": 25.0}
     }
-    assert "sigma" in scoring.format_table(table).splitlines()[0]
+    lines = scoring.format_table(table, ["no revision was accepted: sigma = mcts"]).splitlines()
+    assert lines[0].split() == ["benchmark", "problems", "base", "sigma", "mcts"]
+    assert lines[1].split()[:2] == ["b", "4"]  # each benchmark's problem count
+    assert lines[-1] == "no revision was accepted: sigma = mcts"
 
 
 def test_eval_scores_scores_base_and_both_variants(trained, tiny_model_dir: Path):  # noqa: F811
@@ -135,6 +138,14 @@ def test_eval_scores_scores_base_and_both_variants(trained, tiny_model_dir: Path
         "mcts - base",
     }
     assert metadata["accuracy_chart"].value.startswith("![accuracy](data:image/png;base64,")
+    # What the ablation compared: the fixture's sigma set has revised samples, so the sets differ.
+    sigma = pl.read_parquet(root / "assets" / "sft_dataset" / "sigma.parquet")
+    ablation = metadata["ablation"].value
+    assert ablation["sigma_equals_mcts"] is False
+    assert ablation["sigma_samples"] == sigma.height
+    assert ablation["shared_samples"] == sigma["kept_original"].sum()
+    assert metadata["notes"].value == [ablation["note"]]
+    assert ablation["note"] in metadata["accuracy_table"].value
     [check] = result.get_asset_check_evaluations()
     assert check.check_name == "finetuned_not_below_base"
     # Each model's answers are cached under its own store, keyed by the training run for fine-tunes.

@@ -117,6 +117,49 @@ def test_sigma_takes_refined_steps_and_mcts_the_original_ones():
         sft_data.path_records(refined, problems, "rejected", "shard-000", "0.4")
 
 
+def test_a_revision_that_changed_nothing_is_the_original_and_the_ablation_says_so(checker):
+    answer = "The answer is 7."
+    refined = pl.DataFrame(
+        {
+            "problem_id": ["p1", "p2", "p3"],
+            "original_steps": [["3 + 4 = 7", answer], ["4 + 3 = 7", answer], ["7 - 0 = 7", answer]],
+            # p1 drifted (original kept); p2 was copied word for word, only its spacing changed
+            # (regurgitation); p3 was really revised.
+            "refined_steps": [["3 + 4 = 7", answer], ["4  +  3 = 7 ", answer], ["Add: 7 - 0 = 7", answer]],
+            "drift": [True, False, False],
+        }
+    )
+    problems = {pid: (f"What is 3 + 4? ({pid})", "7") for pid in ("p1", "p2", "p3")}
+    records = {v: sft_data.path_records(refined, problems, v, "shard-000", "0.4") for v in sft_data.VARIANTS}
+    sigma = build_sft(records["sigma"], "sigma", checker.check_many, set())
+    mcts = build_sft(records["mcts"], "mcts", checker.check_many, set())
+    assert sigma.frame["kept_original"].to_list() == [True, True, False]
+    assert (sigma.revised, sigma.kept_original) == (1, 2)
+    assert sigma.kept_original_share == pytest.approx(2 / 3)
+    assert (mcts.revised, mcts.kept_original) == (0, 0)
+    # The copied revision is the original path itself, so it is the mcts sample exactly.
+    assert sigma.frame["messages"][1].to_list() == mcts.frame["messages"][1].to_list()
+    comparison = sft_data.compare_variants(sigma.frame, mcts.frame)
+    assert (comparison.shared, comparison.identical) == (2, False)
+    assert comparison.note == "sigma 3 samples, mcts 3: 1 revised, 2 the same"
+
+    unrevised = build_sft(records["sigma"][:2], "sigma", checker.check_many, set())
+    assert unrevised.kept_original_share == 1.0 and unrevised.revised == 0
+    same = sft_data.compare_variants(
+        unrevised.frame, build_sft(records["mcts"][:2], "mcts", checker.check_many, set()).frame
+    )
+    assert same.identical
+    assert same.note == "no revision was accepted: sigma = mcts (the same 2 samples)"
+
+
+def test_a_heldout_slice_too_small_to_score_is_trained_on():
+    ids = [f"p{i:03d}" for i in range(120)]
+    assert len(heldout_ids(ids, 0.1, minimum=12)) == 12
+    assert heldout_ids(ids, 0.1, minimum=13) == set()
+    assert heldout_ids(ids[:12], 0.1, minimum=20) == set()  # the embedded run: 1 problem, not 20
+    assert sft_data.heldout_count(12, 0.1) == 1 and sft_data.heldout_count(0, 0.1) == 0
+
+
 def test_format_problems_names_empty_turns_and_wrong_roles():
     frame = pl.DataFrame(
         [

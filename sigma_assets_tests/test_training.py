@@ -40,6 +40,8 @@ TRAINING_ASSETS = [
     no_heldout_problem,
     reloads_and_generates,
 ]
+# The fixture's 24 problems hold out 2: under the default floor of 20 nothing would be held out.
+SMALL_HELDOUT = {"sft_dataset": {"config": {"min_heldout_problems": 1}}}
 # Three optimizer steps of two samples: seconds on the tiny model.
 FEW_STEPS = {
     "ops": {"finetuned_model": {"config": {"max_steps": 3, "per_device_batch": 2, "effective_batch": 2}}}
@@ -88,7 +90,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> d
             variant,
             dg.AssetSelection.assets(sft_dataset, finetuned_model)
             | dg.AssetSelection.checks_for_assets(sft_dataset, finetuned_model),
-            run_config=FEW_STEPS,
+            run_config={"ops": {**FEW_STEPS["ops"], **SMALL_HELDOUT}},
             instance=instance,
         )
     return {"root": root, "results": results, "written": written, "instance": instance}
@@ -110,6 +112,10 @@ def test_sft_dataset_combines_both_temperatures_checked_and_deduplicated(trained
     assert len(texts) == len(set(texts))  # problem 3's identical paths at both temperatures: kept once
     assert sigma["kept_original"].any()  # problem 2 drifted
     assert not mcts["kept_original"].any()
+    # A kept original is its mcts sample word for word; every other sigma sample was revised.
+    kept = sigma.filter(pl.col("kept_original"))
+    mcts_texts = {tuple(m["content"] for m in ms) for ms in mcts["messages"].to_list()}
+    assert all(tuple(m["content"] for m in ms) in mcts_texts for ms in kept["messages"].to_list())
     assert {m["content"].split("\n\n")[0].split(":")[0] for m in (ms[1] for ms in mcts["messages"])} == {
         "We work out (T=0.4)",
         "We work out (T=0.7)",
@@ -119,6 +125,11 @@ def test_sft_dataset_combines_both_temperatures_checked_and_deduplicated(trained
     assert metadata["samples"].value == sigma.height
     assert metadata["tokens"].value > 0
     assert metadata["kept_original_share"].value == pytest.approx(sigma["kept_original"].mean(), abs=1e-4)
+    assert metadata["kept_original"].value == kept.height
+    assert metadata["revised"].value == sigma.height - kept.height > 0
+    assert metadata["heldout_note"].value.endswith("problems held out")
+    mcts_metadata = trained["results"]["mcts"].asset_materializations_for_node("sft_dataset")[0].metadata
+    assert mcts_metadata["revised"].value == 0
     assert metadata["duplicates_removed"].value >= 1
     assert metadata["length_histogram"].value.startswith("![lengths](data:image/png;base64,")
     loaded = datasets.load_dataset(
@@ -212,6 +223,7 @@ def test_an_evaluation_problem_in_the_training_data_is_removed_and_counted(tmp_p
             **resources(root, tiny_model_dir),
             "evaluation": EvaluationResource(eval_sets=f"bench={benchmark}"),
         },
+        run_config={"ops": SMALL_HELDOUT},
         instance=dg.DagsterInstance.ephemeral(),
     )
     frame = result.output_for_node("sft_dataset")

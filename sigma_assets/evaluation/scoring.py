@@ -266,9 +266,10 @@ def ablation_deltas(table: pl.DataFrame) -> dict[str, dict[str, float]]:
     return deltas
 
 
-def format_table(table: pl.DataFrame) -> str:
-    """The accuracy table as aligned text: one line per benchmark, one column per model; greedy accuracy,
-    then (with samples) pass@1 ± its standard error, maj@k and pass@k."""
+def format_table(table: pl.DataFrame, notes: Sequence[str] = ()) -> str:
+    """The accuracy table as aligned text: one line per benchmark with its problem count, one column per
+    model; greedy accuracy, then (with samples) pass@1 ± its standard error, maj@k and pass@k; then
+    `notes`, one line each (what the ablation compared)."""
     models = [m for m in MODELS if m in set(table["model"])] + sorted(set(table["model"]) - set(MODELS))
     rows = {(r["model"], r["benchmark"]): r for r in table.iter_rows(named=True)}
     benchmarks = list(dict.fromkeys(table["benchmark"].to_list()))
@@ -284,13 +285,15 @@ def format_table(table: pl.DataFrame) -> str:
             (f"pass@{k}", lambda r: f"{100 * r['pass@k']:5.1f}%"),
         ]
     width = max([len("benchmark"), *(len(f"{b} {m}") for b in benchmarks for m, _ in metrics)])
-    lines = [f"{'benchmark':<{width}}  " + "  ".join(f"{m:>14}" for m in models)]
+    sizes = {r["benchmark"]: r["problems"] for r in table.iter_rows(named=True)}
+    lines = [f"{'benchmark':<{width}}  problems  " + "  ".join(f"{m:>14}" for m in models)]
     for benchmark in benchmarks:
-        for name, cell in metrics:
+        for index, (name, cell) in enumerate(metrics):
             label = benchmark if len(metrics) == 1 else f"{benchmark} {name}"
+            size = str(sizes[benchmark]) if index == 0 else ""
             cells = []
             for model in models:
                 r = rows.get((model, benchmark))
                 cells.append(cell(r) if r and (name == "greedy" or r["samples"]) else " " * 14)
-            lines.append(f"{label:<{width}}  " + "  ".join(f"{c:>14}" for c in cells))
-    return "\n".join(lines)
+            lines.append(f"{label:<{width}}  {size:>8}  " + "  ".join(f"{c:>14}" for c in cells))
+    return "\n".join([*lines, *notes])

@@ -34,7 +34,8 @@ SFT_SCHEMA = {
     "temperature": pl.String,
     "variant": pl.String,
     "messages": pl.List(MESSAGE),
-    # sigma only: the revision drifted to a wrong answer, so the original path was kept.
+    # sigma only: no revision changed the path (every attempt drifted, or the accepted one copied the
+    # original word for word), so the sample is the original path: the same as its `mcts` sample.
     "kept_original": pl.Boolean,
 }
 HELDOUT_SCHEMA = {"problem_id": pl.String, "problem": pl.String, "answer": pl.String}
@@ -62,7 +63,7 @@ class PathRecord:
     steps: tuple[str, ...]
     shard: str
     temperature: str
-    kept_original: bool = False
+    kept_original: bool = False  # sigma only: the revision did not change the path (`path_records`)
 
 
 def path_records(
@@ -83,19 +84,26 @@ def path_records(
         if pid not in problems:
             raise KeyError(f"refined_paths {shard}/{temperature}: problem {pid} is not in raw_problems")
         problem, gold = problems[pid]
-        sigma = variant == "sigma"
+        original = tuple(row["original_steps"])
+        # A drifted revision left the original path in `refined_steps`; an accepted one that copies it
+        # (whitespace aside) revised nothing either: both are the original path, sample for sample.
+        revised = variant == "sigma" and not _same_text(row["refined_steps"], original)
         records.append(
             PathRecord(
                 problem_id=pid,
                 problem=problem,
                 gold=gold,
-                steps=tuple(row["refined_steps"] if sigma else row["original_steps"]),
+                steps=tuple(row["refined_steps"]) if revised else original,
                 shard=shard,
                 temperature=temperature,
-                kept_original=bool(sigma and row["drift"]),
+                kept_original=variant == "sigma" and not revised,
             )
         )
     return records
+
+
+def _same_text(steps: Sequence[str], other: Sequence[str]) -> bool:
+    return solution_text(steps).split() == solution_text(other).split()
 
 
 def _unit_hash(text: str) -> float:
@@ -103,16 +111,23 @@ def _unit_hash(text: str) -> float:
     return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big") / 2**64
 
 
-def heldout_ids(problem_ids: Iterable[str], share: float) -> set[str]:
-    """The held-out slice: the `share` of problems (at least one) with the smallest stable id hash.
+def heldout_ids(problem_ids: Iterable[str], share: float, minimum: int = 1) -> set[str]:
+    """The held-out slice: the `share` of problems (at least one) with the smallest stable id hash, or
+    none when that is fewer than `minimum` problems (a slice too small to score is trained on instead).
 
     It depends on the ids alone, so both variants hold out the same problems."""
     if not 0.0 <= share < 1.0:
         raise ValueError(f"held-out share must be in [0, 1), got {share}")
     ids = sorted(set(problem_ids), key=lambda pid: _unit_hash(f"heldout:{pid}"))
-    if share == 0.0 or not ids:
+    count = heldout_count(len(ids), share)
+    if count < max(1, minimum):
         return set()
-    return set(ids[: max(1, round(share * len(ids)))])
+    return set(ids[:count])
+
+
+def heldout_count(problems: int, share: float) -> int:
+    """How many of `problems` the share holds out (at least one, none of none or at share 0)."""
+    return 0 if share == 0.0 or not problems else max(1, round(share * problems))
 
 
 @dataclass
@@ -120,6 +135,7 @@ class SFTBuild:
     """The samples of one variant and how every other path was accounted for."""
 
     frame: pl.DataFrame
+    variant: str = "sigma"
     paths: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     heldout_paths: int = 0
@@ -127,8 +143,18 @@ class SFTBuild:
     capped: int = 0
 
     @property
+    def kept_original(self) -> int:
+        """Samples that are their original path (sigma: no revision changed it)."""
+        return int(self.frame["kept_original"].sum())
+
+    @property
+    def revised(self) -> int:
+        """Samples a revision changed (sigma only; an mcts sample is never revised)."""
+        return self.frame.height - self.kept_original if self.variant == "sigma" else 0
+
+    @property
     def kept_original_share(self) -> float:
-        return float(self.frame["kept_original"].mean() or 0.0) if self.frame.height else 0.0
+        return self.kept_original / self.frame.height if self.frame.height else 0.0
 
 
 def build_sft(
@@ -143,7 +169,7 @@ def build_sft(
     duplicates (same user and assistant turns) out, then at most `cap` samples, drawn with `seed`."""
     if cap is not None and cap < 1:
         raise ValueError(f"SFT cap must be a positive number of samples, got {cap}")
-    build = SFTBuild(frame=pl.DataFrame(schema=SFT_SCHEMA), paths=len(records))
+    build = SFTBuild(frame=pl.DataFrame(schema=SFT_SCHEMA), variant=variant, paths=len(records))
     candidates: list[tuple[PathRecord, str, str]] = []
     for record in records:
         if record.problem_id in heldout:
@@ -210,3 +236,38 @@ def format_problems(frame: pl.DataFrame) -> list[str]:
         if empty:
             problems.append(f"row {index}: empty {', '.join(empty)} turn")
     return problems
+
+
+@dataclass(frozen=True)
+class VariantComparison:
+    """What the ablation compares: the two data sets' sizes and how many samples they share."""
+
+    sigma_samples: int
+    mcts_samples: int
+    shared: int  # (problem, temperature, user, assistant) present in both
+
+    @property
+    def identical(self) -> bool:
+        """Sample for sample the same data: the two fine-tunes trained on the same set."""
+        return self.shared == self.sigma_samples == self.mcts_samples
+
+    @property
+    def note(self) -> str:
+        if self.identical:
+            return f"no revision was accepted: sigma = mcts (the same {self.sigma_samples} samples)"
+        return (
+            f"sigma {self.sigma_samples} samples, mcts {self.mcts_samples}: "
+            f"{self.sigma_samples - self.shared} revised, {self.shared} the same"
+        )
+
+
+def compare_variants(sigma: pl.DataFrame, mcts: pl.DataFrame) -> VariantComparison:
+    """Compare the `sigma` and `mcts` SFT tables sample by sample (the variant column aside)."""
+
+    def keys(frame: pl.DataFrame) -> set[tuple[str, str, tuple[str, ...]]]:
+        return {
+            (row["problem_id"], row["temperature"], tuple(m["content"] for m in row["messages"]))
+            for row in frame.select("problem_id", "temperature", "messages").iter_rows(named=True)
+        }
+
+    return VariantComparison(sigma.height, mcts.height, len(keys(sigma) & keys(mcts)))

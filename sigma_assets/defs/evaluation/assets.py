@@ -10,7 +10,7 @@ import polars as pl
 from sigma_assets.defs.evaluation.resources import EvaluationResource
 from sigma_assets.defs.shared.k8s import k8s_op_tags
 from sigma_assets.defs.shared.resources import StorageResource
-from sigma_assets.defs.training.assets import VARIANTS, finetuned_model, read_heldout, sft_dataset
+from sigma_assets.defs.training.assets import VARIANTS, finetuned_model, read_heldout
 from sigma_assets.defs.training.resources import TrainingResource
 from sigma_assets.evaluation import scoring
 from sigma_assets.evaluation.completions import read_stored, write_completions
@@ -19,6 +19,7 @@ from sigma_assets.llm.models import build_backend
 from sigma_assets.llm.response_store import ResponseStore
 from sigma_assets.method.grading import AnswerChecker
 from sigma_assets.settings import BUNDLED_SMOLLM2
+from sigma_assets.training import sft_data
 from sigma_assets.training.charts import grouped_bars_png, markdown_image
 from sigma_assets.training.model_files import local_model_dir, training_run
 
@@ -43,11 +44,13 @@ _SMALL_EVAL_TOKENS = 48  # the bundled 135M model: short arithmetic answers, min
     op_tags=k8s_op_tags("eval_scores"),
     group_name="evaluation",
     pool="gpu",  # loads each model for generation: shares the accelerator with finetuned_model
-    deps=[finetuned_model, sft_dataset],
+    deps=[finetuned_model],
     ins={
         "raw_problems": dg.AssetIn(
             partition_mapping=dg.AllPartitionMapping(), metadata={"allow_missing_partitions": True}
-        )
+        ),
+        # Both variants' data sets, to say what the ablation compared.
+        "sft_dataset": dg.AssetIn(partition_mapping=dg.AllPartitionMapping()),
     },
     kinds={"polars", "parquet"},
     description="Accuracy per (model, benchmark): the base model and the sigma / mcts fine-tunes.",
@@ -56,11 +59,14 @@ def eval_scores(
     context: dg.AssetExecutionContext,
     config: EvalConfig,
     raw_problems: dict[str, pl.DataFrame],
+    sft_dataset: dict[str, pl.DataFrame],
     storage: StorageResource,
     training: TrainingResource,
     evaluation: EvaluationResource,
 ) -> pl.DataFrame:
     root = storage.root()
+    comparison = sft_data.compare_variants(sft_dataset["sigma"], sft_dataset["mcts"])
+    notes = [comparison.note]
     max_tokens = config.max_tokens
     if training.base_model == BUNDLED_SMOLLM2 and config.max_tokens == EvalConfig().max_tokens:
         max_tokens = _SMALL_EVAL_TOKENS
@@ -75,6 +81,8 @@ def eval_scores(
         )
         if heldout_problems:
             sets.insert(0, scoring.EvalSet(scoring.HELDOUT_BENCHMARK, heldout_problems, source="sft_dataset"))
+        else:  # sft_dataset held nothing out (a slice under its min_heldout_problems trains instead)
+            notes.append("heldout: not scored, sft_dataset held no problem out (see its heldout_note)")
         if not evaluation.eval_sets:
             seen = [t for frame in raw_problems.values() for t in frame["problem"].to_list()]
             sets.append(scoring.bundled_eval_set(config.bundled_problems, exclude_texts=seen))
@@ -128,8 +136,19 @@ def eval_scores(
     context.add_output_metadata(
         {
             "dagster/row_count": table.height,
-            "accuracy_table": dg.MetadataValue.md(f"```\n{scoring.format_table(table)}\n```"),
+            "accuracy_table": dg.MetadataValue.md(f"```\n{scoring.format_table(table, notes)}\n```"),
             "ablation_delta_points": dg.MetadataValue.json(deltas),
+            # What sigma and mcts were trained on: equal data sets make any difference a non-result.
+            "ablation": dg.MetadataValue.json(
+                {
+                    "sigma_equals_mcts": comparison.identical,
+                    "sigma_samples": comparison.sigma_samples,
+                    "mcts_samples": comparison.mcts_samples,
+                    "shared_samples": comparison.shared,
+                    "note": comparison.note,
+                }
+            ),
+            "notes": dg.MetadataValue.json(notes),
             "accuracy_chart": dg.MetadataValue.md(
                 markdown_image(
                     grouped_bars_png(

@@ -62,10 +62,13 @@ def read_heldout(root: StorageRoot, variant: str) -> pl.DataFrame:
 
 class SFTDatasetConfig(dg.Config):
     """`max_samples` caps the set (the paper: 15K per temperature, 30K combined); `heldout_share` of
-    the problems (at least one) is kept out of both variants for evaluation."""
+    the problems (at least one) is kept out of both variants for evaluation, unless that is fewer than
+    `min_heldout_problems`: a smaller slice would be scored on too few problems to mean anything (one
+    answer moves it by 100 / size points), so its problems are trained on instead."""
 
     max_samples: int = 30_000
     heldout_share: float = 0.1
+    min_heldout_problems: int = 20
     seed: int = 0
     answer_timeout_s: float = 5.0
     preview_samples: int = 3
@@ -115,7 +118,14 @@ def sft_dataset(
     for key, frame in sorted(refined_paths.items()):
         shard, temperature = key.split("|")
         records += sft_data.path_records(frame, problems, variant, shard, temperature)
-    heldout = sft_data.heldout_ids(problems, config.heldout_share)
+    heldout = sft_data.heldout_ids(problems, config.heldout_share, config.min_heldout_problems)
+    would_hold = sft_data.heldout_count(len(problems), config.heldout_share)
+    heldout_note = (
+        f"{len(heldout)} of {len(problems)} problems held out"
+        if heldout
+        else f"nothing held out: {config.heldout_share:g} of {len(problems)} problems is {would_hold}, "
+        f"under min_heldout_problems={config.min_heldout_problems}, too few to score; they train instead"
+    )
     with AnswerChecker(timeout_s=config.answer_timeout_s) as checker:
         # No problem of an evaluation set (each SIGMA_EVAL_SETS file, and the held-out slice) is trained on.
         index = EvalIndex()
@@ -142,6 +152,10 @@ def sft_dataset(
             "problems": frame["problem_id"].n_unique(),
             "tokens": sum(lengths),
             "max_tokens_per_sample": max(lengths, default=0),
+            # sigma: samples a revision changed, and those that are their original path (every
+            # revision drifted, or the accepted one copied it): with no revised sample, sigma = mcts.
+            "revised": build.revised,
+            "kept_original": build.kept_original,
             "kept_original_share": round(build.kept_original_share, 4),
             "paths_read": build.paths,
             "rejected": dg.MetadataValue.json(dict(build.rejected)),
@@ -149,6 +163,7 @@ def sft_dataset(
             "capped_out": build.capped,
             "samples_per_temperature": dg.MetadataValue.json(dict(by_temperature)),
             "heldout_problems": dg.MetadataValue.json(sorted(heldout)),
+            "heldout_note": heldout_note,
             "heldout_paths_excluded": build.heldout_paths,
             "heldout_path": dg.MetadataValue.path(str(heldout_path(root, variant))),
             # Training problems that overlap an evaluation set (same text, or a shared 8-word run).
