@@ -44,9 +44,10 @@ import openai  # noqa: E402
 from upath import UPath  # noqa: E402
 
 from sigma_assets.llm.backends.openai_compat import OpenAIBackend, sdk_http  # noqa: E402
-from sigma_assets.llm.client import LLMClient, RetrySettings  # noqa: E402
+from sigma_assets.llm.client import LLMClient  # noqa: E402
 from sigma_assets.llm.generation import GenerationRequest, Message, SamplingParams  # noqa: E402
 from sigma_assets.llm.response_store import ResponseStore  # noqa: E402
+from sigma_assets.llm.retry import RetrySettings  # noqa: E402
 from sigma_assets.testing.fault_server import FaultConfig, FaultServerProcess  # noqa: E402
 
 S3_KEY = "sigma-bench"

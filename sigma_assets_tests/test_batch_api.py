@@ -19,9 +19,10 @@ from upath import UPath
 from sigma_assets.llm.accounting import price_of
 from sigma_assets.llm.backends.openai_batch import BatchAPIBackend
 from sigma_assets.llm.backends.openai_compat import OpenAIBackend
-from sigma_assets.llm.client import LLMClient, Prefill, RetrySettings
+from sigma_assets.llm.client import LLMClient, Prefill
 from sigma_assets.llm.generation import GenerationRequest, SamplingParams, user
 from sigma_assets.llm.response_store import ResponseStore
+from sigma_assets.llm.retry import RetrySettings
 from sigma_assets.testing.fault_server import FaultServer, FaultServerProcess
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

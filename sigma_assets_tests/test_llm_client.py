@@ -24,9 +24,10 @@ from upath import UPath
 from sigma_assets.data.storage import StorageRoot
 from sigma_assets.llm.accounting import price_of
 from sigma_assets.llm.backends.openai_compat import OpenAIBackend
-from sigma_assets.llm.client import LLMClient, RequestFailed, RetrySettings
+from sigma_assets.llm.client import LLMClient
 from sigma_assets.llm.generation import GenerationRequest, SamplingParams, user
 from sigma_assets.llm.response_store import ResponseStore, attempt_key, sample_key
+from sigma_assets.llm.retry import RequestFailed, RetrySettings
 from sigma_assets.testing.fault_server import FaultServer, FaultServerProcess
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

@@ -9,8 +9,8 @@ from dataclasses import replace
 
 import pytest
 
-from sigma_assets.llm.client import RequestFailed
 from sigma_assets.llm.generation import GenerationRequest, Sample
+from sigma_assets.llm.retry import RequestFailed
 from sigma_assets.method.feedback import is_generic_feedback
 from sigma_assets.method.refinement import critique, refine, refine_all
 from sigma_assets.method.refinement_records import ProblemPaths, RefinementSettings, problem_paths

@@ -22,8 +22,8 @@ from sigma_assets.defs.refinement.assets import (
 from sigma_assets.defs.search.assets import mcts_trees, sibling_sets
 from sigma_assets.defs.shared.resources import OpenAIModelResource
 from sigma_assets.llm.accounting import price_of
-from sigma_assets.llm.client import ATTEMPT_SEED_STRIDE
 from sigma_assets.llm.response_store import ResponseStore
+from sigma_assets.llm.retry import ATTEMPT_SEED_STRIDE
 from sigma_assets.settings import Settings
 from sigma_assets.testing.fault_server import FaultServer
 from sigma_assets_tests.support import (

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+
+from sigma_assets.llm.generation import Sample
 
 # USD per million tokens (prompt, completion), list prices; models served locally cost nothing here.
 PRICES_PER_MILLION: dict[str, tuple[float, float]] = {
@@ -45,6 +48,19 @@ class Usage:
         prompt_price, completion_price = price_of(self.model)
         discount = BATCH_DISCOUNT if batch else 1.0
         return discount * (prompt_tokens * prompt_price + completion_tokens * completion_price) / 1e6
+
+    def answered(self, rows: Sequence[list[Sample] | None]) -> None:
+        """Count the tokens of a backend call's answers (a row per request, None where none came back)."""
+        for row in rows:
+            for sample in row or ():
+                if sample.batch:  # billed at the Batch API's price
+                    self.batch_prompt_tokens += sample.prompt_tokens
+                    self.batch_completion_tokens += sample.completion_tokens
+                else:
+                    self.prompt_tokens += sample.prompt_tokens
+                    self.completion_tokens += sample.completion_tokens
+            if row and row[0].batch:
+                self.batch_requests += 1
 
     def fault(self, kind: str) -> None:
         self.failures[kind] = self.failures.get(kind, 0) + 1

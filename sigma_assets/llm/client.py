@@ -10,16 +10,15 @@ answer is stored with its reason (it was paid for) and the next attempt is anoth
 attempt number is in its seed and key), so a rerun replays rejections instead of paying for them again;
 a request that failed for good is remembered and never sent again by the same client.
 Callers may be synchronous (`generate`): the client runs its own event loop in a background thread.
+The fault kinds, the retry budget and backoff, and the adaptive concurrency bound are `llm/retry.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
@@ -28,146 +27,25 @@ from sigma_assets.llm.accounting import Usage
 from sigma_assets.llm.coalescing import CoalescingBackend
 from sigma_assets.llm.generation import Backend, GenerationRequest, Sample
 from sigma_assets.llm.response_store import ResponseStore, attempt_key, failure_key, sample_key
+from sigma_assets.llm.retry import (  # the backends still import every fault kind from here
+    AdaptiveLimiter,
+    FatalRequestError,
+    InvalidResponse,
+    PartialResults,
+    RateLimited,
+    RequestFailed,
+    RequestTimeout,
+    RetryableError,
+    RetrySettings,
+    attempt_seed,
+)
+from sigma_assets.llm.retry import ConnectionFailed as ConnectionFailed
+from sigma_assets.llm.retry import ServerError as ServerError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 Validator = Callable[[Sample], None]  # raises ValueError (or InvalidResponse) when a sample is unusable
-
-
-class RetryableError(RuntimeError):
-    """A fault worth another attempt. `kind` names it for accounting ("429", "500", "timeout", ...)."""
-
-    kind = "error"
-
-    def __init__(self, message: str, retry_after_s: float | None = None):
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
-
-
-class RateLimited(RetryableError):
-    kind = "429"
-
-
-class ServerError(RetryableError):
-    kind = "5xx"
-
-
-class RequestTimeout(RetryableError):
-    kind = "timeout"
-
-
-class ConnectionFailed(RetryableError):
-    kind = "connection"
-
-
-class InvalidResponse(RetryableError):
-    kind = "invalid"
-
-
-class FatalRequestError(RuntimeError):
-    """A fault another attempt cannot fix (bad request, authentication): raised at once."""
-
-
-class RequestFailed(RuntimeError):
-    """A request that failed for good; names the response-store key of its first missing sample.
-
-    `kind` says why (the fault kinds above, or "fatal"); by default the prefix of `reason`.
-    """
-
-    def __init__(
-        self, key: str, reason: str, attempts: int, kind: str | None = None, attempt: int | None = None
-    ):
-        super().__init__(f"request {key[:16]} failed after {attempts} attempt(s): {reason}")
-        self.key = key
-        self.reason = reason
-        self.attempts = attempts
-        self.kind = kind if kind is not None else reason.split(":", 1)[0]
-        self.attempt = attempt  # the attempt number it gave up on (None: replayed, or invalid answers)
-
-    @property
-    def answer_rejected(self) -> bool:
-        """The server answered, but no answer passed validation: another prompt may do better."""
-        return self.kind == "invalid"
-
-    @property
-    def heals(self) -> bool:
-        """A lost connection may heal by itself; anything else would fail the same way again."""
-        return self.kind == "connection"
-
-
-@dataclass(frozen=True)
-class RetrySettings:
-    max_attempts: int = 6
-    initial_backoff_s: float = 0.5
-    max_backoff_s: float = 30.0
-    timeout_s: float = 300.0  # per backend call; a batched local call covers many prompts
-
-    def backoff(self, attempt: int, retry_after_s: float | None) -> float:
-        if retry_after_s is not None:
-            return min(self.max_backoff_s, retry_after_s)
-        base = min(self.max_backoff_s, self.initial_backoff_s * 2 ** (attempt - 1))
-        return base * random.uniform(0.5, 1.0)  # jitter keeps retries of one burst from colliding
-
-
-class AdaptiveLimiter:
-    """A concurrency bound that shrinks under rate limiting and grows back on success (AIMD).
-
-    Decreases are gentle (x0.75) and at most one per cooldown, so a stray 429 among thousands of
-    requests costs little; sustained throttling still walks the bound down. Acquire and release are
-    cheap (no lock: the event loop runs one coroutine at a time), since every request pays them.
-    """
-
-    DECREASE = 0.75
-    INCREASE = 0.25  # per success: a quarter of the lost slots back per successful request
-    COOLDOWN_S = 2.0
-
-    def __init__(self, maximum: int):
-        self.maximum = maximum
-        self.limit = float(maximum)
-        self.in_flight = 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
-        self._last_decrease = -float("inf")
-
-    def _capacity(self) -> int:
-        return max(1, int(self.limit))
-
-    async def acquire(self) -> None:
-        if self.in_flight < self._capacity() and not self._waiters:
-            self.in_flight += 1
-            return
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        try:
-            await waiter  # the releaser hands its slot over (in_flight already counts us)
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                self.release()
-            else:
-                self._waiters.remove(waiter)
-            raise
-
-    def release(self) -> None:
-        self.in_flight -= 1
-        self._wake()
-
-    def _wake(self) -> None:
-        while self._waiters and self.in_flight < self._capacity():
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                self.in_flight += 1
-                waiter.set_result(None)
-
-    def on_rate_limited(self) -> None:
-        now = time.monotonic()
-        if now - self._last_decrease > self.COOLDOWN_S:
-            self.limit = max(1.0, self.limit * self.DECREASE)
-            self._last_decrease = now
-
-    def on_success(self) -> None:
-        if self.limit < self.maximum:
-            self.limit = min(float(self.maximum), self.limit + self.INCREASE)
-            self._wake()
 
 
 class LLMClient:
@@ -470,7 +348,7 @@ class LLMClient:
                 except PartialResults as exc:  # some rows came back: keep them, resend the rest
                     partial, rows = exc, exc.rows
                 _check_shape(sub_requests, rows)
-                self._account(rows)  # every answer that arrived was paid for, rejected or not
+                self.usage.answered(rows)  # every answer that arrived was paid for, rejected or not
                 records: list[tuple[str, Sample]] = []
                 still: list[_Unit] = []
                 for unit, row in zip(pending, rows, strict=True):
@@ -543,23 +421,6 @@ class LLMClient:
                     self.failed[key] = RequestFailed(key, reason, unit.sends, unit.kind, unit.attempt)
         return failure
 
-    def _account(self, rows: Sequence[list[Sample] | None]) -> None:
-        usage = self.usage
-        for row in rows:
-            for sample in row or ():
-                if sample.batch:  # billed at the Batch API's price
-                    usage.batch_prompt_tokens += sample.prompt_tokens
-                    usage.batch_completion_tokens += sample.completion_tokens
-                else:
-                    usage.prompt_tokens += sample.prompt_tokens
-                    usage.completion_tokens += sample.completion_tokens
-            if row and row[0].batch:
-                usage.batch_requests += 1
-
-
-# A seed stride per attempt, far from the small offsets callers use for their own resamples.
-ATTEMPT_SEED_STRIDE = 100_003
-
 
 @dataclass
 class _Unit:
@@ -579,9 +440,7 @@ class _Unit:
 
     def sub_request(self) -> GenerationRequest:
         params = self.request.params
-        seed = params.seed
-        if self.attempt > 1:  # another request, also for an unseeded one (the server sees another body)
-            seed = (seed or 0) + ATTEMPT_SEED_STRIDE * (self.attempt - 1)
+        seed = attempt_seed(params.seed, self.attempt)
         return replace(self.request, params=replace(params, n=len(self.todo), seed=seed))
 
 
@@ -601,16 +460,6 @@ class Prefill:
     calls: int  # calls made (a Batch API call is one batch)
     answered: int  # requests answered in full
     still_missing: int  # left for the client's own backend
-
-
-class PartialResults(RetryableError):
-    """A backend call that answered only some of its requests (a batch that expired or partly failed):
-    `rows[i]` is request i's samples, or None; the client keeps the rows and resends the rest."""
-
-    def __init__(self, message: str, rows: list[list[Sample] | None], kind: str):
-        super().__init__(message)
-        self.rows = rows
-        self.kind = kind
 
 
 def _check_shape(requests: Sequence[GenerationRequest], samples: Sequence[list[Sample] | None]) -> None:

@@ -30,8 +30,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sigma_assets.llm.client import RequestFailed
 from sigma_assets.llm.generation import GenerationRequest, Sample, SamplingParams, user
+from sigma_assets.llm.retry import RequestFailed
 from sigma_assets.method.feedback import is_generic_feedback
 from sigma_assets.method.prompts import (
     parse_path_critique,

@@ -18,9 +18,10 @@ from sigma_assets.defs.shared.partitions import (
 )
 from sigma_assets.defs.shared.resources import ModelResource, StorageResource
 from sigma_assets.defs.shared.spend import guard_spend
-from sigma_assets.llm.client import LLMClient, RequestFailed
+from sigma_assets.llm.client import LLMClient
 from sigma_assets.llm.generation import GenerationRequest
 from sigma_assets.llm.response_store import sample_key
+from sigma_assets.llm.retry import RequestFailed
 from sigma_assets.method.budgets import refinement_budget
 from sigma_assets.method.grading import AnswerChecker
 from sigma_assets.method.previews import render_preview_markdown

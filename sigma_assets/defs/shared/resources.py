@@ -14,11 +14,12 @@ import dagster as dg
 
 from sigma_assets.data.problems import ColumnNames, LoadedProblems, load_problems
 from sigma_assets.data.storage import StorageRoot
-from sigma_assets.llm.client import LLMClient, RequestFailed, RetrySettings
+from sigma_assets.llm.client import LLMClient
 from sigma_assets.llm.generation import Backend
 from sigma_assets.llm.models import resolve_local_model
 from sigma_assets.llm.remote_models import storage_options_for
 from sigma_assets.llm.response_store import ResponseStore
+from sigma_assets.llm.retry import RequestFailed, RetrySettings
 from sigma_assets.settings import BUNDLED_SMOLLM2
 
 
