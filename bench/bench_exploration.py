@@ -29,7 +29,8 @@ from sigma_assets.data.arithmetic import arithmetic_problems
 from sigma_assets.method.answers import final_answer
 from sigma_assets.method.budgets import SMALL_SEARCH
 from sigma_assets.method.grading import AnswerChecker
-from sigma_assets.method.mcts import MCTSSettings, run_search, selected_path
+from sigma_assets.method.mcts import MCTSSettings, run_search
+from sigma_assets.method.search_tree import selected_path
 from sigma_assets.method.siblings import exploration_stats, sibling_sets
 from sigma_assets.testing.seeded_policy import seeded_policy
 

@@ -9,18 +9,9 @@ import polars as pl
 import pytest
 
 from sigma_assets.llm.generation import GenerationRequest, Sample
-from sigma_assets.method.mcts import (
-    MCTSSettings,
-    Node,
-    Tree,
-    path_mean_q,
-    run_search,
-    sampling_seed,
-    select_child,
-    selected_path,
-    uct_score,
-)
+from sigma_assets.method.mcts import MCTSSettings, run_search, sampling_seed
 from sigma_assets.method.policy_prompt import CHATML_TEMPLATE, policy_prompt
+from sigma_assets.method.search_tree import Node, Tree, path_mean_q, select_child, selected_path, uct_score
 from sigma_assets.method.tree_table import tree_from_rows, tree_rows, trees_from_rows
 from sigma_assets.testing.seeded_policy import ROLLOUTS, mixed_steps, seeded_policy
 

@@ -7,7 +7,6 @@ import re
 
 from markdown_it import MarkdownIt
 
-from sigma_assets.method.mcts import Node, Tree, selected_path
 from sigma_assets.method.previews import (
     WIDTH,
     render_chat_samples_markdown,
@@ -19,6 +18,7 @@ from sigma_assets.method.previews import (
 )
 from sigma_assets.method.prompts import describe_outcome
 from sigma_assets.method.refinement_records import CritiqueRow, RefinedPath
+from sigma_assets.method.search_tree import Node, Tree, selected_path
 from sigma_assets.method.siblings import Outcome, Sibling, SiblingSet
 
 MARKDOWN = MarkdownIt("commonmark", {"html": False}).enable("table")

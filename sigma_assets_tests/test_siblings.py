@@ -7,7 +7,8 @@ from collections.abc import Sequence
 import polars as pl
 
 from sigma_assets.llm.generation import GenerationRequest, Sample
-from sigma_assets.method.mcts import MCTSSettings, Node, Tree, run_search, selected_path
+from sigma_assets.method.mcts import MCTSSettings, run_search
+from sigma_assets.method.search_tree import Node, Tree, selected_path
 from sigma_assets.method.siblings import (
     ExplorationStats,
     Outcome,

@@ -11,7 +11,8 @@ import pytest
 from sigma_assets.llm.backends.openai_compat import OpenAIBackend
 from sigma_assets.llm.client import LLMClient
 from sigma_assets.llm.generation import GenerationRequest, Sample
-from sigma_assets.method.mcts import MCTSSettings, search, selected_path
+from sigma_assets.method.mcts import MCTSSettings, search
+from sigma_assets.method.search_tree import selected_path
 from sigma_assets.method.tree_table import tree_rows
 from sigma_assets.testing.fault_server import FaultServer
 from sigma_assets.testing.seeded_policy import ROLLOUTS, draw, mixed_steps

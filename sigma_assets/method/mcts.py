@@ -11,28 +11,8 @@ depend on timing, on the other problems of the shard or on their order. `paralle
 several simulations of one tree at once, each selecting with a virtual loss on the paths in flight (and
 never a leaf being expanded); the tree then depends on the order answers arrive, so it is off by default.
 
-Terminal steps (DESIGN §1). Only an explicit final answer can be correct. A new step is terminal when
-  - it states a final answer (`answers.final_answer`: a `\\boxed{}` or "The answer is ..."; the rest of its
-    sentence and a remark may follow): valued +1 if it equals the ground truth, else -1;
-  - it states one and then goes wrong (`new_question`, `other_answer`, `garbage`), or the path loops
-    (`repetition`: the same passage again and again, never markup or a restated formula): -1;
-  - it states an equation between plain numbers that does not hold, e.g. "5 - 6 = 1"
-    (`false_arithmetic`): -1, whatever answer it reaches;
-  - it ends without one: the model ended the text (`end_of_text`), the step was cut at the token limit
-    (`token_limit`) or it sits at `max_depth` (`depth_limit`): -1, with no answer. Nothing is graded
-    by guessing the last number of an unfinished text.
-A leaf whose prompt no longer fits the model's context becomes a -1 terminal (`context_overflow`). A
-non-terminal leaf is valued by one rollout, scored by the same rule. Identical sibling steps (after
-whitespace normalisation) are merged into one child that counts its `samples`.
-
-Selection never enters an exhausted subtree (every leaf below it terminal), so the search spends its
-simulations on siblings instead of re-visiting answers it already has (Super_MARIO, rStar-Math);
-`reselect_terminals=True` restores classic UCT, which re-backs up a terminal it reaches again.
-
-Backup invariant (tested): a new child starts with visits=1 and value_sum=its value; every ancestor
-gets visits += 1 and value_sum += value per new child; a terminal reached again by selection is
-re-backed up with its own value along its path. Hence for every expanded non-root node
-`visits == 1 + sum(child.visits)` and for the root `visits == sum(child.visits)`.
+The tree itself (nodes, UCT selection, backup, the selected path) is `search_tree`; when a new step
+ends its path, and how a rollout is scored, is `terminal_steps`.
 
 No Dagster imports: the search is a plain function of a `generate` and a `check_answers` callable.
 """
@@ -41,22 +21,20 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import math
-from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 from sigma_assets.llm.generation import GenerationRequest, Sample, SamplingParams
-from sigma_assets.method.answers import final_answer
 from sigma_assets.method.policy_prompt import CHATML_TEMPLATE, policy_prompt
+from sigma_assets.method.search_tree import Node, Tree, backup, is_exhausted, select_leaf, selected_path
+from sigma_assets.method.terminal_steps import classify_step, cut_step, rollout_outcome, same_step
 
 Generate = Callable[[Sequence[GenerationRequest]], list[list[Sample]]]
 # Pairs are (gold, prediction): gold first, because math-verify's comparison is asymmetric.
 CheckAnswers = Callable[[Sequence[tuple[str, str | None]]], list[bool]]
 AGenerate = Callable[[Sequence[GenerationRequest]], Awaitable[list[list[Sample]]]]
 ACheckAnswers = Callable[[Sequence[tuple[str, str | None]]], Awaitable[list[bool]]]
-
-ROOT_ID = "0"
 
 
 @dataclass(frozen=True)
@@ -98,63 +76,6 @@ class MCTSSettings:
 
 
 @dataclass
-class Node:
-    node_id: str
-    parent_id: str | None
-    depth: int
-    step: str = ""
-    visits: int = 0
-    value_sum: float = 0.0
-    terminal: bool = False
-    # Why a terminal is one: answer | new_question | other_answer | garbage | repetition | false_arithmetic |
-    # end_of_text | token_limit | depth_limit | context_overflow (module docstring); None if not terminal.
-    terminal_reason: str | None = None
-    answer: str | None = None
-    correct: bool | None = None
-    rollout_answer: str | None = None
-    rollout_correct: bool | None = None
-    samples: int = 1  # sampled steps merged into this node (identical after whitespace normalisation)
-    children: list[Node] = field(default_factory=list)
-
-    @property
-    def q(self) -> float:
-        return self.value_sum / self.visits if self.visits else 0.0
-
-
-@dataclass
-class Tree:
-    problem_id: str
-    problem: str
-    gold_answer: str
-    root: Node = field(default_factory=lambda: Node(ROOT_ID, None, 0))
-    simulations: int = 0  # selections made so far (each simulation makes one)
-
-    def nodes(self) -> Iterator[Node]:
-        """Every node, depth-first in child order (root first)."""
-        stack = [self.root]
-        while stack:
-            node = stack.pop()
-            yield node
-            stack.extend(reversed(node.children))
-
-    def node(self, node_id: str) -> Node:
-        return self.path_to(node_id)[-1]
-
-    def path_to(self, node_id: str) -> list[Node]:
-        """Root .. node, following the ancestors the id spells (matched by id, not list position)."""
-        parts = node_id.split(".")
-        path = [self.root]
-        for end in range(2, len(parts) + 1):
-            prefix = ".".join(parts[:end])
-            path.append(next(c for c in path[-1].children if c.node_id == prefix))
-        return path
-
-    @property
-    def exhausted(self) -> bool:
-        return is_exhausted(self.root)
-
-
-@dataclass
 class SearchResult:
     trees: list[Tree]
     generate_calls: int = 0
@@ -182,116 +103,6 @@ def sampling_seed(seed: int, temperature: float, problem_id: str, node_id: str, 
     key = f"{seed}\x1f{temperature!r}\x1f{problem_id}\x1f{node_id}\x1f{purpose}"
     digest = hashlib.sha256(key.encode()).digest()
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
-
-
-def uct_score(child: Node, parent_visits: int, exploration: float) -> float:
-    if child.visits == 0:
-        return math.inf
-    return child.q + exploration * math.sqrt(math.log(max(parent_visits, 1)) / child.visits)
-
-
-def select_child(node: Node, exploration: float, candidates: Sequence[Node] | None = None) -> Node:
-    """argmax UCT over `candidates` (default: every child); unvisited first; ties to the lowest index."""
-    pool = list(node.children if candidates is None else candidates)
-    best = pool[0]
-    best_score = uct_score(best, node.visits, exploration)
-    for child in pool[1:]:
-        score = uct_score(child, node.visits, exploration)
-        if score > best_score:
-            best, best_score = child, score
-    return best
-
-
-def select_leaf(
-    tree: Tree, exploration: float, reselect_terminals: bool = False, busy: Collection[str] = ()
-) -> list[Node]:
-    """Descend from the root by UCT through expanded non-terminal nodes; return the path to the leaf.
-
-    Exhausted children are skipped unless `reselect_terminals`, so the leaf is one still to expand; so are
-    the leaves in `busy` (being expanded by another simulation) and subtrees with nothing else open.
-    """
-    path = [tree.root]
-    while path[-1].children and not path[-1].terminal:
-        node = path[-1]
-        open_children = (
-            None
-            if reselect_terminals and not busy
-            else [c for c in node.children if not is_exhausted(c, busy, reselect_terminals)]
-        )
-        path.append(select_child(node, exploration, open_children))
-    return path
-
-
-def is_exhausted(node: Node, busy: Collection[str] = (), terminals_open: bool = False) -> bool:
-    """True when no unexpanded non-terminal leaf is left below `node` (nothing more to grow).
-
-    Leaves in `busy` count as taken; with `terminals_open`, terminals count as open (classic UCT)."""
-    if node.node_id in busy:
-        return True
-    if node.terminal:
-        return not terminals_open
-    return bool(node.children) and all(is_exhausted(c, busy, terminals_open) for c in node.children)
-
-
-def backup(path: Sequence[Node], value: float) -> None:
-    for node in path:
-        node.visits += 1
-        node.value_sum += value
-
-
-def cut_step(text: str, delimiter: str) -> str:
-    # The backend should already stop at the delimiter; cut again in case one did not.
-    return text.split(delimiter, 1)[0].strip()
-
-
-def _same_step(a: str, b: str) -> bool:
-    return a.split() == b.split()
-
-
-# Verdicts of `final_answer` that end a step: an answer (right or wrong), and what goes wrong with one.
-_ANSWERED = ("answer", "false_arithmetic", "new_question", "other_answer", "garbage")
-
-
-def classify_step(
-    child: Node, sample: Sample, history: Sequence[str], max_depth: int, delimiter: str = "\n\n"
-) -> None:
-    """Decide whether a new step is terminal, and why (module docstring); set its answer if it has one.
-
-    The rule reads the whole path: it loops across its steps, and an answer marker may be a step of its
-    own with the answer in the next (PRM800K's "# Answer", then "216"). No earlier step stated an answer
-    (it would have been terminal), so an answer the path states is this step's."""
-    path = delimiter.join([*history, child.step])
-    verdict = final_answer(path)
-    reason: str | None = None
-    if sample.finish_reason == "length":
-        reason = "token_limit"  # cut mid-step: whatever it says is unfinished
-    elif verdict.reason == "repetition":
-        reason = "repetition"  # the path loops, across its steps or within this one
-    elif verdict.reason in _ANSWERED:
-        reason = verdict.reason
-    elif not child.step or sample.finish_reason == "end":
-        reason = "end_of_text"
-    elif child.depth >= max_depth:
-        reason = "depth_limit"
-    child.terminal = reason is not None
-    child.terminal_reason = reason
-    child.answer = verdict.answer if reason == "answer" else None
-
-
-@dataclass(frozen=True)
-class _RolloutOutcome:
-    answer: str | None
-    reason: str
-
-
-def _rollout_outcome(sample: Sample | None, steps: Sequence[str], delimiter: str) -> _RolloutOutcome:
-    """A rollout is scored like a path: only an explicit answer that closes the whole text counts."""
-    if sample is None or sample.finish_reason == "context_overflow":
-        return _RolloutOutcome(None, "context_overflow")
-    if sample.finish_reason == "length":
-        return _RolloutOutcome(None, "token_limit")
-    verdict = final_answer(delimiter.join([*steps, sample.text]))
-    return _RolloutOutcome(verdict.answer, verdict.reason)
 
 
 class _Calls:
@@ -464,7 +275,7 @@ async def _simulate(tree: Tree, path: list[Node], calls: _Calls, settings: MCTSS
     new_children: list[Node] = []
     for sample in samples:
         step = cut_step(sample.text, settings.step_delimiter)
-        same = next((c for c in leaf.children if _same_step(c.step, step)), None)
+        same = next((c for c in leaf.children if same_step(c.step, step)), None)
         if same is not None:
             same.samples += 1
             continue
@@ -502,7 +313,7 @@ async def _simulate(tree: Tree, path: list[Node], calls: _Calls, settings: MCTSS
         answered: list[Node] = []
         outcomes = calls.result.rollout_outcomes
         for child, rolled in zip(open_children, await calls.generate(requests), strict=True):
-            outcome = _rollout_outcome(
+            outcome = rollout_outcome(
                 rolled[0] if rolled else None, [*history, child.step], settings.step_delimiter
             )
             outcomes[outcome.reason] = outcomes.get(outcome.reason, 0) + 1
@@ -525,29 +336,3 @@ async def _simulate(tree: Tree, path: list[Node], calls: _Calls, settings: MCTSS
         else:
             value = 0.0
         backup([*path, child], value)
-
-
-def node_id_key(node_id: str) -> tuple[int, ...]:
-    """Orders node ids as the tree does: by child index at each depth."""
-    return tuple(int(i) for i in node_id.split("."))
-
-
-def path_mean_q(path: Sequence[Node]) -> float:
-    """Mean Q over a path's steps (the root holds no step)."""
-    steps = path[1:]
-    return sum(n.q for n in steps) / len(steps) if steps else 0.0
-
-
-def selected_path(tree: Tree) -> list[Node] | None:
-    """Root .. the correct terminal leaf whose path has the highest mean Q over its steps; None if none.
-
-    Ties: more visits of the leaf, then the smallest node id. A non-terminal leaf whose rollout was
-    correct does not count: the path must end in an explicit answer.
-    """
-    paths = [tree.path_to(n.node_id) for n in tree.nodes() if n.terminal and n.correct is True]
-    if not paths:
-        return None
-    return min(paths, key=lambda p: (-path_mean_q(p), -p[-1].visits, node_id_key(p[-1].node_id)))
-
-
-SELECTION_RULE = "correct terminal leaf with the highest mean Q over its path's steps (then visits, then id)"

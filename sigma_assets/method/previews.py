@@ -15,9 +15,9 @@ import textwrap
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from sigma_assets.method.mcts import Node, Tree, selected_path
 from sigma_assets.method.prompts import describe_outcome
 from sigma_assets.method.refinement_records import CritiqueRow, RefinedPath
+from sigma_assets.method.search_tree import Node, Tree, selected_path
 from sigma_assets.method.siblings import SiblingSet
 
 WIDTH = 100  # longest source line of a preview, except a single word longer than that

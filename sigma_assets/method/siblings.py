@@ -1,6 +1,6 @@
 """Selected step vs its siblings: what the critique model compares at every depth of the selected path.
 
-For each depth d >= 1 of a tree's selected path (see `mcts.selected_path`), the siblings are the other
+For each depth d >= 1 of a tree's selected path (see `search_tree.selected_path`), the siblings are the other
 children of the selected node's parent: they share the same history (the selected steps before d).
 Each sibling is shown with its step, its value and the outcome of its best continuation: its best-Q
 descendant leaf, or itself when it is a leaf.
@@ -17,7 +17,7 @@ from typing import Any
 import polars as pl
 
 from sigma_assets.data.tables import Column, Table
-from sigma_assets.method.mcts import Node, Tree, node_id_key, selected_path
+from sigma_assets.method.search_tree import Node, Tree, node_id_key, selected_path
 from sigma_assets.method.tree_table import trees_from_rows
 
 

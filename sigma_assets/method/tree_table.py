@@ -8,7 +8,7 @@ from typing import Any
 import polars as pl
 
 from sigma_assets.data.tables import Column, Table
-from sigma_assets.method.mcts import ROOT_ID, Node, Tree, node_id_key, selected_path
+from sigma_assets.method.search_tree import ROOT_ID, Node, Tree, node_id_key, selected_path
 
 TREE_COLUMNS: Table = {
     "problem_id": Column(pl.String, "The problem this tree searched."),

@@ -36,7 +36,8 @@ from sigma_assets.llm.generation import Sample
 from sigma_assets.method.answers import extract_answer, extract_boxed, final_answer
 from sigma_assets.method.arithmetic import false_equation
 from sigma_assets.method.degeneration import prose_words
-from sigma_assets.method.mcts import Node, classify_step
+from sigma_assets.method.search_tree import Node
+from sigma_assets.method.terminal_steps import classify_step
 from sigma_assets.testing.stated_arithmetic import false_claims
 
 CheckMany = Callable[[Sequence[tuple[str, str | None]]], list[bool]]

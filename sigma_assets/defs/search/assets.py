@@ -21,13 +21,14 @@ from sigma_assets.defs.shared.partitions import (
 from sigma_assets.defs.shared.resources import ModelResource, StorageResource
 from sigma_assets.method.budgets import search_budget
 from sigma_assets.method.grading import AnswerChecker
-from sigma_assets.method.mcts import SELECTION_RULE, MCTSSettings, search, selected_path
+from sigma_assets.method.mcts import MCTSSettings, search
 from sigma_assets.method.policy_prompt import policy_prompt, resolve_policy_prompt
 from sigma_assets.method.previews import (
     render_sibling_sets_markdown,
     render_text_markdown,
     render_tree_markdown,
 )
+from sigma_assets.method.search_tree import SELECTION_RULE, selected_path
 from sigma_assets.method.siblings import SIBLING_COLUMNS, SiblingSet, exploration_stats
 from sigma_assets.method.siblings import sibling_sets as siblings_of
 from sigma_assets.method.tree_table import TREE_COLUMNS, tree_rows, trees_from_rows
