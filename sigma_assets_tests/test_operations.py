@@ -297,12 +297,12 @@ def test_schedules_and_sensors_are_in_the_code_location_and_off_by_default():
 # -- retries and pools ------------------------------------------------------------------------------
 
 
-def readme_pool_limits() -> dict[str, int]:
-    section = (REPO / "README.md").read_text().split("## Scheduled backfills and sensors", 1)[1]
+def documented_pool_limits() -> dict[str, int]:
+    section = (REPO / "docs" / "operations.md").read_text().split("## Retries and pools", 1)[1]
     return {m[1]: int(m[2]) for m in re.finditer(r"^\| `(\w+)` \| (\d+) \|", section, re.MULTILINE)}
 
 
-def test_the_instance_retries_crashed_runs_and_limits_pools_as_the_readme_says(tmp_path):
+def test_the_instance_retries_crashed_runs_and_limits_pools_as_documented(tmp_path):
     shutil.copy(REPO / "dagster.yaml", tmp_path / "dagster.yaml")
     with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
         assert instance.run_retries_enabled
@@ -311,7 +311,7 @@ def test_the_instance_retries_crashed_runs_and_limits_pools_as_the_readme_says(t
         pools = instance.get_concurrency_config().pool_config
         assert pools.default_pool_limit == 1
         assert pools.pool_granularity is not None and pools.pool_granularity.value == "op"
-        assert readme_pool_limits() == POOL_LIMITS
+        assert documented_pool_limits() == POOL_LIMITS
         assert apply_pool_limits(instance) == POOL_LIMITS
         limits = {p.name: p.limit for p in instance.event_log_storage.get_pool_limits()}
         assert limits == POOL_LIMITS
