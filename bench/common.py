@@ -35,12 +35,13 @@ def recorded_search(
 def replace_section(path: Path, heading: str, text: str) -> None:
     """Replace the section starting at `heading` (up to the next `## `) or append it."""
     old = path.read_text() if path.exists() else "# Benchmarks\n\nMachine: 2 CPU cores, no GPU.\n\n"
+    text = text.rstrip("\n") + "\n"
     start = old.find(heading)
     if start < 0:
         new = old.rstrip() + "\n\n" + text
     else:
         end = old.find("\n## ", start + len(heading))
-        new = old[:start] + text + (old[end + 1 :] if end >= 0 else "")
+        new = old[:start] + text + ("\n" + old[end + 1 :] if end >= 0 else "")  # a blank line before it
     path.write_text(new)
 
 
