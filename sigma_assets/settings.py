@@ -21,8 +21,8 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_STORAGE_DIR = PROJECT_ROOT / "data"
 
 BUNDLED_SMOLLM2 = "smollm2-135m-instruct"
-# The embedded run: 12 bundled problems in 2 shards, searched at both temperatures, fits about 15 minutes
-# on 2 CPU cores with the bundled model (see README); point SIGMA_PROBLEMS at real data for real runs.
+# The embedded run: 12 bundled problems in 2 shards, searched at both temperatures, fits minutes on 2 CPU
+# cores with the bundled model (the README says how many); point SIGMA_PROBLEMS at real data for real runs.
 DEFAULT_PROBLEMS = "arithmetic:12"
 DEFAULT_NUM_SHARDS = 2
 
@@ -164,7 +164,7 @@ class Settings(BaseSettings):
         return self
 
 
-# pydantic's wording of a type error, as this project's README words the variable's meaning.
+# pydantic's wording of a type error, as docs/configuration.md words the variable's meaning.
 _EXPECTED = {
     "int_parsing": "expected a positive integer",
     "greater_than": "expected a positive integer",
