@@ -48,10 +48,12 @@ sys.path.insert(0, str(REPO / "infra"))
 sys.path.insert(0, str(REPO))
 
 HEADING = "## Rehearsal at paper scale"
+FINDINGS = "### What the rehearsal found"  # a rewrite of the section keeps this part
 S3_KEY, S3_SECRET = "rehearsal", "rehearsal-secret"
 BUCKET = "rehearsal"
 POLICY_MODEL = "qwen2.5-math-7b-instruct"  # any name but the bundled one gets the paper's search budget
 PAPER_PROBLEMS = 7_500
+DEFAULT_SIZES = [48, 96, 192]
 PAPER_SAMPLES = 30_000
 PAPER_USD_PER_15K = 11.7  # GPT-4o-mini, the paper's critic spend per 15K refined samples
 PAPER_TOKENS_PER_SAMPLE = (2_200, 760)  # prompt, completion
@@ -342,6 +344,7 @@ def run_project(spec_path: Path) -> None:
         "storage_objects": len(ledger.seen),
         "storage_bytes": sum(ledger.seen.values()),
         "max_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        "policy_concurrency": getattr(defs.resources.get("policy"), "concurrency", None),
     }
     if profiler:
         out = io.StringIO()
@@ -564,46 +567,48 @@ CRITIC_ASSETS = ("critiques", "refined_paths")
 
 
 class Growth:
-    """y = a + b·x^k through the measured sizes: `k` is how the part that grows with x grows (1 linear,
-    2 quadratic), the fixed part `a` (imports, worker start-ups, a model's weights) set apart. Three
-    sizes or more: through the three largest; two: a line; one: proportional."""
+    """How a figure grows with the problems n: `k`, the least-squares slope of log y on log n (1 linear,
+    2 quadratic; a fixed part, such as imports or a model's weights, pulls it below 1), the per-problem
+    steps between consecutive sizes (equal when linear, rising when faster), and the least-squares line
+    y = a + b·n that projects it. Above k = 1.15 it is projected along n^k from the largest size."""
+
+    SUPERLINEAR = 1.15
 
     def __init__(self, xs: list[float], ys: list[float]) -> None:
-        self.k: float | None = 1.0
+        self.xs, self.ys = xs, ys
+        self.steps = [(y2 - y1) / (x2 - x1) for x1, x2, y1, y2 in zip(xs, xs[1:], ys, ys[1:], strict=False)]
+        pairs = [(math.log(x), math.log(y)) for x, y in zip(xs, ys, strict=True) if x > 0 and y > 0]
+        self.k = _slope(pairs) if len(pairs) == len(xs) >= 2 else None
         if len(xs) == 1:
             self.a, self.b = 0.0, ys[0] / xs[0]
-            return
-        (x1, x2, x3), (y1, y2, y3) = (xs[-3:], ys[-3:]) if len(xs) >= 3 else ((xs[0], *xs), (ys[0], *ys))
-        d1, d2 = y2 - y1, y3 - y2
-        if len(xs) >= 3 and d1 > 0 and d2 > 0:
-            lo, hi = 0.25, 3.0  # (x3^k - x2^k) / (x2^k - x1^k) rises with k: bisect for the measured ratio
-            for _ in range(60):
-                k = (lo + hi) / 2
-                lo, hi = (k, hi) if (x3**k - x2**k) / (x2**k - x1**k) < d2 / d1 else (lo, k)
-            self.k = (lo + hi) / 2
-        elif d2 <= 0 or (len(xs) >= 3 and d1 <= 0):
-            self.k = None  # not growing (or noise): a least-squares line
-            mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-            var = sum((x - mx) ** 2 for x in xs)
-            slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var
-            self.a, self.b = my - max(0.0, slope) * mx, max(0.0, slope)
-            return
-        k = self.k
-        self.b = d2 / (x3**k - x2**k)
-        self.a = y3 - self.b * x3**k
+        else:
+            self.b = max(0.0, _slope(list(zip(xs, ys, strict=True))) or 0.0)
+            self.a = sum(ys) / len(ys) - self.b * sum(xs) / len(xs)
+
+    @property
+    def superlinear(self) -> bool:
+        return self.k is not None and self.k > self.SUPERLINEAR
 
     def at(self, x: float) -> float:
-        return max(0.0, self.a + self.b * x ** (self.k or 1.0))
+        if self.superlinear:
+            return self.ys[-1] * (x / self.xs[-1]) ** (self.k or 1.0)
+        return max(0.0, self.a + self.b * x)
 
-    def marginal(self, x: float) -> float:
-        """dy/dx at x: what one more unit of x adds."""
-        k = self.k or 1.0
-        return self.b * k * x ** (k - 1)
+    def marginal(self) -> float:
+        """What one more problem adds at the largest size."""
+        if self.superlinear:
+            return (self.k or 1.0) * self.ys[-1] / self.xs[-1]
+        return self.b
 
     def label(self) -> str:
-        if self.k is None:
-            return "flat"
-        return f"{self.k:.2f}" + (" ▲" if self.k > 1.15 else "")
+        return "–" if self.k is None else f"{self.k:.2f}" + (" ▲" if self.superlinear else "")
+
+
+def _slope(points: list[tuple[float, float]]) -> float | None:
+    mx = sum(p[0] for p in points) / len(points)
+    my = sum(p[1] for p in points) / len(points)
+    var = sum((p[0] - mx) ** 2 for p in points)
+    return sum((p[0] - mx) * (p[1] - my) for p in points) / var if var else None
 
 
 def _fmt(value: float | None, digits: int = 1) -> str:
@@ -669,7 +674,8 @@ def build_report(
         HEADING,
         "",
         f"Command: `nice -n 10 .venv/bin/python bench/bench_rehearsal.py --problems {cmd} "
-        f"--problems-per-shard {args.problems_per_shard} --base-model {args.base_model}"
+        f"{f'--problems-per-shard {args.problems_per_shard} ' if args.shard_given else ''}"
+        f"--base-model {args.base_model}"
         f"{f' --train-steps {args.train_steps}' if args.train_steps else ''} --write docs/benchmarks.md` "
         "(`--env FILE` rehearses your own settings, `--json FILE` keeps every figure, `--profile` adds a "
         "cProfile of the project process). Each size is a fresh Dagster instance and storage prefix on a "
@@ -689,11 +695,13 @@ def build_report(
         + ", ".join(f"{r['size']}: {r['load_before'][0]:.1f} → {r['load_after'][0]:.1f}" for r in results)
         + ".",
         "",
-        "Growth k: the exponent of y = a + b·n^k through the sizes, the fixed part a set apart (1 linear, "
-        "2 quadratic; ▲ above 1.15; flat: does not grow). Per problem: what one more problem adds at the "
-        "largest size.",
+        "Growth k: the least-squares slope of log y on log n over the sizes (1 linear, 2 quadratic; a "
+        "fixed part pulls it below 1; ▲ above 1.15). Per problem: what each added problem cost between "
+        "one size and the next (equal steps: linear; rising: faster than linear).",
         "",
-        "| figure | " + " | ".join(f"{n} problems" for n in sizes) + " | growth k | per problem |",
+        "| figure | "
+        + " | ".join(f"{n} problems" for n in sizes)
+        + " | growth k | per problem, size to size |",
         "|---" * (len(sizes) + 3) + "|",
     ]
     growths: dict[str, Growth] = {}
@@ -702,7 +710,8 @@ def build_report(
         growth = Growth(sizes, values)
         growths[name] = growth
         shown = " | ".join(_fmt(v, digits) for v in values)
-        lines.append(f"| {name} | {shown} | {growth.label()} | {_fmt(growth.marginal(sizes[-1]), per)} |")
+        steps = " → ".join(_fmt(v, per) for v in growth.steps) or _fmt(growth.b, per)
+        lines.append(f"| {name} | {shown} | {growth.label()} | {steps} |")
         return growth
 
     row("(problem, temperature) trees", [m["trees"] for m in models], 0, 2)
@@ -712,7 +721,9 @@ def build_report(
     for label, stage, fields in CPU_ROWS:
         row(f"CPU s: {label}", [stage_cpu(t, stage, fields) for t in tables], 1, 3)
     cpu_graph = row("CPU s: all but training", [graph_cpu(t) for t in tables], 1, 3)
-    row("peak memory MB: search step", [t["search"].get("peak_rss_mb", 0) for t in tables], 0, 3)
+    search_memory = row(
+        "peak memory MB: search step", [t["search"].get("peak_rss_mb", 0) for t in tables], 0, 3
+    )
     row("peak memory MB: SFT build step", [t["SFT build"].get("peak_rss_mb", 0) for t in tables], 0, 3)
     row(
         "peak memory MB: any step",
@@ -750,12 +761,15 @@ def build_report(
     def at_full(values: list[float]) -> float:
         return Growth(sizes, values).at(full)
 
-    lm = models[-1]
-    concurrency = int(lm["peak_requests_in_flight"]) or 16
-    policy_s = projected_wall_s(
-        at_full([m["policy_service_s"] for m in models]), at_full([m["policy_sequence_s"] for m in models]),
-        concurrency, latency.capacity,
-    )  # fmt: skip
+    # The policy client keeps at most `concurrency` requests on the wire (the policy resource's); the
+    # server decodes `capacity` sequences at once. `full_batch` requests in flight would fill its batch.
+    policy_service = at_full([m["policy_service_s"] for m in models])
+    policy_sequence = at_full([m["policy_sequence_s"] for m in models])
+    concurrency = int(results[-1].get("policy_concurrency") or 16)
+    full_batch = max(concurrency, math.ceil(latency.capacity * policy_service / max(1e-9, policy_sequence)))
+    policy_s = projected_wall_s(policy_service, policy_sequence, concurrency, latency.capacity)
+    batch_s = projected_wall_s(policy_service, policy_sequence, full_batch, latency.capacity)
+    waiting = int(models[-1]["peak_requests_in_flight"])
     critic_k = results[-1]["critic_concurrency"]
     critic_s = projected_wall_s(
         at_full([m["critic_service_s"] for m in models]), at_full([m["critic_sequence_s"] for m in models]),
@@ -765,39 +779,62 @@ def build_report(
     full_tokens = at_full([m["policy_completion_tokens"] for m in models])
     # The search's own loop and the whole graph (training left out), per policy request at the margin.
     search_growth = Growth(sizes, [stage_cpu(t, "search", ("cpu_self_s",)) for t in tables])
-    per_request_search = search_growth.marginal(sizes[-1]) / max(1e-9, policy_requests.marginal(sizes[-1]))
-    per_request_graph = cpu_graph.marginal(sizes[-1]) / max(1e-9, policy_requests.marginal(sizes[-1]))
+    per_request_search = search_growth.marginal() / max(1e-9, policy_requests.marginal())
+    per_request_graph = cpu_graph.marginal() / max(1e-9, policy_requests.marginal())
     project_s = cpu_graph.at(full)
     outside_search = project_s - at_full(
         [stage_cpu(t, "search", ("cpu_self_s", "cpu_children_s")) for t in tables]
     )
     usd_full = at_full([m["critic_usd"] for m in models])
-    usd_per_sample = Growth(sizes, [m["critic_usd"] for m in models]).marginal(sizes[-1]) / max(
-        1e-9, samples.marginal(sizes[-1])
+    usd_per_sample = Growth(sizes, [m["critic_usd"] for m in models]).marginal() / max(
+        1e-9, samples.marginal()
     )
     tokens_per_sample = [
-        Growth(sizes, [m[f"critic_{f}_tokens"] for m in models]).marginal(sizes[-1])
-        / max(1e-9, samples.marginal(sizes[-1]))
+        Growth(sizes, [m[f"critic_{f}_tokens"] for m in models]).marginal() / max(1e-9, samples.marginal())
         for f in ("prompt", "completion")
     ]
     rate = full_requests / policy_s if policy_s else 0.0
+    batch_rate = full_requests / batch_s if batch_s else 0.0
     measured = (
         "measured" if sizes[-1] >= full else
         f"not run: projected from {', '.join(map(str, sizes))} problems along each figure's measured growth"
     )  # fmt: skip
     fixed_note = "what does not grow with the problems (evaluation, the models' weights) stays as measured"
+    # Runs by the full run's partitions; each job's events per run as at the largest size.
+    shards_full = math.ceil(full / args.problems_per_shard)
+    runs_by_job = {"problems_job": shards_full, "generation_job": shards_full * len(temps)}
+    events_per_run: dict[str, list[int]] = defaultdict(list)
+    for run in results[-1]["runs"]:
+        events_per_run[run["job"]].append(run["events"])
+    runs_full = sum(runs_by_job.get(job, len(counts)) for job, counts in events_per_run.items())
+    events_full = sum(
+        runs_by_job.get(job, len(counts)) * sum(counts) / len(counts)
+        for job, counts in events_per_run.items()
+    )
     critic_tokens = at_full([m["critic_prompt_tokens"] + m["critic_completion_tokens"] for m in models])
-    wall_s = policy_s + critic_s + outside_search
+    rest_s = critic_s + outside_search
     projected = [
         ("policy requests / completion tokens", f"{full_requests:,.0f} / {full_tokens:,.0f}"),
-        ("search hours on that policy server", f"**{policy_s / 3600:,.1f} h**"),
+        (
+            f"search hours at the project's policy concurrency ({concurrency} requests in flight)",
+            f"**{policy_s / 3600:,.1f} h** ({rate:.1f} requests/s, {full_tokens / policy_s:,.0f} tokens/s)",
+        ),
+        (
+            f"search hours with {full_batch} in flight (the server's batch full)",
+            f"**{batch_s / 3600:,.1f} h** ({batch_rate:.1f} requests/s, "
+            f"{full_tokens / batch_s:,.0f} tokens/s)",
+        ),
         (
             "critic requests / prompt + completion tokens",
             f"{at_full([m['critic_requests'] for m in models]):,.0f} / {critic_tokens:,.0f}",
         ),
         ("critic hours", f"{critic_s / 3600:,.1f} h"),
         ("the project's own CPU outside the search, training left out", f"{outside_search / 3600:,.2f} h"),
-        ("wall clock, training left out (search + critic + the rest)", f"**{wall_s / 3600:,.1f} h**"),
+        (
+            "wall clock, training left out (search + critic + the rest)",
+            f"**{(policy_s + rest_s) / 3600:,.1f} h** at {concurrency} in flight, "
+            f"{(batch_s + rest_s) / 3600:,.1f} h at {full_batch}",
+        ),
         ("critic spend, this run", f"**${usd_full:,.2f}**"),
         ("SFT samples (sigma)", f"{samples.at(full):,.0f}"),
         (
@@ -807,20 +844,25 @@ def build_report(
             "per sample)",
         ),
         ("the project's own CPU, training left out", f"{project_s / 3600:,.2f} core-hours"),
-        ("storage root", f"{storage.at(full) / 1e3:,.2f} GB"),
         (
-            "Dagster runs / events",
-            f"{at_full([len(r['runs']) for r in results]):,.0f} / "
-            f"{at_full([sum(x['events'] for x in r['runs']) for r in results]):,.0f}",
+            f"peak memory of a search step ({min(full, args.problems_per_shard):,} problems a shard)",
+            f"{search_memory.at(min(full, args.problems_per_shard)):,.0f} MB"
+            if len(sizes) > 1 and max(r["shards"] for r in results) == 1
+            else "– (needs two sizes or more, each in one shard)",
         ),
+        (
+            "storage root (models: the bundled one's weights; a 7B fine-tune is ~15 GB)",
+            f"{storage.at(full) / 1e3:,.2f} GB",
+        ),
+        ("Dagster runs / events", f"{runs_full:,} / {events_full:,.0f}"),
     ]
     lines += [
         f"**The full run: {full:,} problems × {len(temps)} temperatures** ({measured}; {fixed_note}). "
         f"Policy server: {latency.ttft_s * 1000:.0f} ms to the first token, "
         f"{latency.tpot_s * 1000:.0f} ms per token per sequence, {latency.capacity} sequences at once "
-        "(`--policy-*`), with the "
-        f"{concurrency} requests the search kept in flight: {rate:.1f} requests/s, "
-        f"{full_tokens / policy_s if policy_s else 0:,.0f} completion tokens/s. Critic {critic_model} at "
+        f"(`--policy-*`). The search had up to {waiting:,} requests waiting at {sizes[-1]} problems; the "
+        f"policy client sends {concurrency} at a time (the policy resource's `concurrency`, run config "
+        f"`resources.policy.config.concurrency`). Critic {critic_model} at "
         f"${critic_price[0]:g} / ${critic_price[1]:g} per 1M prompt / completion tokens"
         f"{' (Batch API: half)' if results[-1]['batch_api'] else ''}, {critic_k} requests in flight.",
         "",
@@ -831,14 +873,20 @@ def build_report(
         "**The project's own overhead against a policy server doing R requests/s.** The project's CPU per "
         f"policy request at the margin: {per_request_search * 1000:.2f} ms on the search's own loop (answer "
         f"checks run in a worker of their own), {per_request_graph * 1000:.2f} ms for the whole graph less "
-        "training. Share: CPU / (CPU + 1/R), the project's time over the run's if none of it overlapped "
-        "the server's (an upper bound; at share ≥ 50 % the project, not the server, sets the pace).",
+        "training. Nothing overlapped, its share of the wall clock is CPU / (CPU + 1/R) (the upper bound). "
+        "The search's requests are in flight together, so its loop works while the server does, until the "
+        f"loop is busy all the time (c·R = 1): at {1 / per_request_search:,.0f} requests/s the project, not "
+        "the server, sets the pace.",
         "",
-        "| R (requests/s) | search loop | whole graph |",
-        "| --- | --- | --- |",
+        "| R (requests/s) | search loop busy (c·R) | share, search loop, nothing overlapped | "
+        "share, whole graph, nothing overlapped |",
+        "| --- | --- | --- | --- |",
     ]
-    for r in sorted({round(rate, 1), *args.rates}):
-        lines.append(f"| {r:g} | {_share(per_request_search, r)} | {_share(per_request_graph, r)} |")
+    for r in sorted({round(rate, 1), round(batch_rate, 1), *args.rates}):
+        lines.append(
+            f"| {r:g} | {100 * per_request_search * r:.1f} % | {_share(per_request_search, r)} | "
+            f"{_share(per_request_graph, r)} |"
+        )
     lines.append("")
     summary = {
         "sizes": sizes,
@@ -848,6 +896,9 @@ def build_report(
         "policy_completion_tokens": full_tokens,
         "policy_hours": policy_s / 3600,
         "policy_requests_per_s": rate,
+        "policy_hours_full_batch": batch_s / 3600,
+        "policy_concurrency": concurrency,
+        "full_batch_concurrency": full_batch,
         "critic_hours": critic_s / 3600,
         "critic_usd_full": usd_full,
         "critic_usd_per_15k": usd_per_sample * PAPER_SAMPLES / 2,
@@ -868,8 +919,9 @@ def _share(cpu_per_request: float, rate: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--project", type=Path, help=argparse.SUPPRESS)  # the project process itself
+    parser.add_argument("--problems", type=int, nargs="+", help=f"sizes (default: {DEFAULT_SIZES})")
     parser.add_argument(
-        "--problems", type=int, nargs="+", default=[64, 256, 1024], help="sizes, smallest first"
+        "--report-from", type=Path, nargs="+", default=[], help="sizes kept by --json, reported with these"
     )
     parser.add_argument(
         "--problems-per-shard", type=int, help="default: the full run's (its SIGMA_NUM_SHARDS shards)"
@@ -902,16 +954,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def drive(args: argparse.Namespace) -> int:
-    from local_s3 import local_s3
-
     from sigma_assets.testing.latency_model import LatencyModel
-    from sigma_assets.testing.simulated_server import SimulatedConfig, SimulatedServerProcess
 
     user = read_env_file(args.env)
-    sizes = sorted(args.problems)
-    problems, in_source = user_problems(user.get("SIGMA_PROBLEMS"), max(sizes))
-    sizes = [s for s in sizes if s <= len(problems)] or [len(problems)]
+    saved = [r for path in args.report_from for r in json.loads(path.read_text())["sizes"]]
+    sizes = sorted(args.problems or ([] if saved else DEFAULT_SIZES))
+    problems, in_source = user_problems(user.get("SIGMA_PROBLEMS"), max(sizes, default=1))
+    if sizes:
+        sizes = [s for s in sizes if s <= len(problems)] or [len(problems)]
     full = args.full_problems or in_source
+    args.shard_given = args.problems_per_shard is not None
     if args.problems_per_shard is None:  # the full run's shards (the user's, else the project's default)
         from sigma_assets.settings import DEFAULT_NUM_SHARDS
 
@@ -919,14 +971,47 @@ def drive(args: argparse.Namespace) -> int:
         args.problems_per_shard = max(1, math.ceil(full / shards))
     critic_model = user.get("SIGMA_CRITIC_MODEL", "gpt-4o-mini")
     critic_price = prices(critic_model, args.critic_price)
-    work = Path(tempfile.mkdtemp(prefix="sigma-rehearsal-"))
-    args.base_model_dir = base_model(args.base_model, work)
     latency = LatencyModel(
         ttft_s=args.policy_ttft,
         tpot_s=args.policy_tpot,
         capacity=args.policy_capacity,
         time_scale=args.time_scale,
     )
+    results = run_sizes(sizes, problems, args, user, critic_model, latency) if sizes else []
+    results = sorted([*saved, *results], key=lambda r: r["size"])
+    report = build_report(results, args, full, critic_model, critic_price, latency)
+    text = "\n".join(report["lines"])
+    print(text)
+    if args.json:
+        args.json.write_text(json.dumps({"sizes": results, "summary": report["summary"]}, indent=1))
+    if args.write:
+        from common import replace_section
+
+        old = args.write.read_text() if args.write.exists() else ""
+        section = old[old.find(HEADING) :] if HEADING in old else ""
+        end = section.find("\n## ", 1)
+        section = section[: end + 1] if end >= 0 else section
+        kept = section[section.find(FINDINGS) :] if FINDINGS in section else ""  # written by hand
+        replace_section(args.write, HEADING, text + "\n" + (kept.rstrip("\n") + "\n" if kept else ""))
+    return 0
+
+
+def run_sizes(
+    sizes: list[int],
+    problems: list[dict[str, str]],
+    args: argparse.Namespace,
+    user: dict[str, str],
+    critic_model: str,
+    latency: Any,
+) -> list[dict[str, Any]]:
+    """Each size in turn on one S3 server and one simulated server."""
+    from local_s3 import local_s3
+
+    from sigma_assets.testing.latency_model import LatencyModel
+    from sigma_assets.testing.simulated_server import SimulatedConfig, SimulatedServerProcess
+
+    work = Path(tempfile.mkdtemp(prefix="sigma-rehearsal-"))
+    args.base_model_dir = base_model(args.base_model, work)
     results = []
     try:
         with local_s3(work / "s3", S3_KEY, S3_SECRET) as endpoint:
@@ -947,16 +1032,7 @@ def drive(args: argparse.Namespace) -> int:
                     results.append(rehearse(size, problems, args, user, endpoint, server, work))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    report = build_report(results, args, full, critic_model, critic_price, latency)
-    text = "\n".join(report["lines"])
-    print(text)
-    if args.json:
-        args.json.write_text(json.dumps({"sizes": results, "summary": report["summary"]}, indent=1))
-    if args.write:
-        from common import replace_section
-
-        replace_section(args.write, HEADING, text + "\n")
-    return 0
+    return results
 
 
 def base_model(choice: str, work: Path) -> str:
