@@ -1,20 +1,35 @@
 """An in-process `Backend` on Hugging Face transformers: batched `model.generate` on CPU or one GPU.
 
-Meant for small local models (SmolLM2-135M, the tiny test model): no server, no network. Requests
-that share sampling params are batched into one `generate` call with `num_return_sequences=n`.
+Meant for small local models (SmolLM2-135M, the tiny test model): no server, no network. A batch of
+requests is one `generate` call (one row per sample) whatever their sampling parameters: each row
+samples with its own temperature, top-p, token limit, stop strings and random generator. Each prompt is
+read once however many samples it has, and a sample depends on its request's prompt, seed and sample
+index only, bit for bit, never on the batch it shared (`batch_invariance`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
-import hashlib
+import secrets
 import threading
-from collections.abc import Sequence
-from dataclasses import replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from sigma_assets.llm.backends.batch_invariance import (
+    ROW_FLOOR,
+    Layers,
+    PromptCache,
+    RowSampler,
+    RowStops,
+    batch_cache,
+    cache_argument,
+    decoding_rows,
+    register_row_attention,
+    row_seed,
+)
 from sigma_assets.llm.generation import GenerationRequest, Sample, SamplingParams
 
 
@@ -49,7 +64,7 @@ class TransformersBackend:
         *,
         device: str = "auto",
         dtype: Any = "auto",
-        batch_size: int = 64,
+        batch_size: int = 128,
         max_batch: int = 64,
         model_name: str | None = None,
     ) -> None:
@@ -60,12 +75,14 @@ class TransformersBackend:
         # unlike the folder a model was converted into.
         self.model = model_name or self.path
         self.max_batch = max_batch
-        self.batch_size = batch_size  # prompts per `model.generate` call (each expands to n sequences)
+        self.batch_size = batch_size  # sequences (samples) per `model.generate` call
         self._device_spec = device
         self._dtype_spec = dtype
         self._tokenizer: Any = None
         self._model: Any = None
         self._device: str | None = None
+        self._stops: dict[tuple[str, ...], Any] = {}  # stop strings -> their StopStringCriteria
+        self._prompts = PromptCache()  # prompt blocks' keys and values, shared between calls
         # One lock for loading and generating: transformers models are not safe to drive from two threads.
         self._lock = threading.RLock()
 
@@ -92,7 +109,9 @@ class TransformersBackend:
 
                 device = _resolve_device(self._device_spec)
                 model = AutoModelForCausalLM.from_pretrained(
-                    self.path, dtype=_resolve_dtype(self._dtype_spec, device)
+                    self.path,
+                    dtype=_resolve_dtype(self._dtype_spec, device),
+                    attn_implementation=register_row_attention(),
                 )
                 model.to(device)
                 model.eval()
@@ -111,6 +130,8 @@ class TransformersBackend:
             on_cuda = bool(self._device and self._device.startswith("cuda"))
             self._model = None
             self._tokenizer = None
+            self._stops = {}
+            self._prompts.clear()
         gc.collect()
         if on_cuda:
             import torch
@@ -122,38 +143,47 @@ class TransformersBackend:
     def _generate_sync(self, requests: list[GenerationRequest]) -> list[list[Sample]]:
         if not requests:
             return []
+        import torch
+
         with self._lock:
             tokenizer, model = self._load()
             prompt_ids = [self.encode_prompt(tokenizer, r) for r in requests]
-            results: list[list[Sample] | None] = [None] * len(requests)
+            results: list[list[Sample | None]] = [[None] * r.params.n for r in requests]
             # A prompt the model cannot read at all gets no samples, as a server answers "maximum
             # context length": the caller decides what that means (the search makes it a -1 terminal).
             context = getattr(model.config, "max_position_embeddings", None)
-            for i, ids in enumerate(prompt_ids):
+            rows: list[_Row] = []
+            for i, (request, ids) in enumerate(zip(requests, prompt_ids, strict=True)):
+                params = request.params
                 if context is not None and len(ids) >= context:
                     overflow = Sample("", finish_reason="context_overflow", prompt_tokens=len(ids))
-                    results[i] = [overflow] * requests[i].params.n
-            # Requests that differ only in their seed share a generate call (MCTS seeds every node
-            # differently); the chunk is seeded from all its requests' seeds. Dict keeps first-seen order.
-            groups: dict[SamplingParams, list[int]] = {}
-            for i, request in enumerate(requests):
-                if results[i] is None:
-                    groups.setdefault(replace(request.params, seed=None), []).append(i)
-            for params, indices in groups.items():
-                for start in range(0, len(indices), self.batch_size):
-                    chunk = indices[start : start + self.batch_size]
-                    seeds = [requests[i].params.seed for i in chunk]
-                    chunk_seed = None if all(x is None for x in seeds) else _combined_seed(seeds)
-                    samples = self._generate_chunk(
-                        tokenizer,
-                        model,
-                        [prompt_ids[i] for i in chunk],
-                        replace(params, seed=chunk_seed),
-                        start,
-                    )
-                    for i, request_samples in zip(chunk, samples, strict=True):
-                        results[i] = request_samples
-            return [r for r in results if r is not None]
+                    results[i] = [overflow] * params.n
+                    continue
+                # Greedy decoding returns the same sequence n times, so compute it once and copy.
+                for k in range(params.n if params.temperature > 0 else 1):
+                    rows.append(_Row(i, k, ids, params, _row_seed(params.seed, k)))
+            # Every request shares one generate call whatever its sampling parameters (each row samples
+            # with its own temperature, top-p, token limit, stop strings and generator), so a batch
+            # is one call. Sorted by length so that a chunk pads little.
+            rows.sort(key=lambda row: len(row.prompt))
+            eos_ids = _eos_ids(model, tokenizer)
+            # Prefill included: a cached prompt block made outside it would keep its autograd graph.
+            with torch.inference_mode():
+                for start in range(0, len(rows), self.batch_size):
+                    chunk = rows[start : start + self.batch_size]
+                    for row, sample in zip(
+                        chunk, self._generate_rows(tokenizer, model, chunk, eos_ids), strict=True
+                    ):
+                        results[row.request][row.sample] = sample
+            out: list[list[Sample]] = []
+            for request, row_samples in zip(requests, results, strict=True):
+                first = row_samples[0]
+                assert first is not None
+                if request.params.temperature <= 0 and first.finish_reason != "context_overflow":
+                    # Greedy: one decode serves all n samples; its prompt was read once.
+                    row_samples = [first] + [replace(first, prompt_tokens=0)] * (request.params.n - 1)
+                out.append([sample for sample in row_samples if sample is not None])
+            return out
 
     @staticmethod
     def encode_prompt(tokenizer: Any, request: GenerationRequest) -> list[int]:
@@ -169,62 +199,95 @@ class TransformersBackend:
         # the BOS token a tokenizer adds by itself (Llama-3, DeepSeekMath; none for ChatML models).
         return list(tokenizer(request.prompt or "", add_special_tokens=True)["input_ids"])
 
-    def _generate_chunk(
-        self,
-        tokenizer: Any,
-        model: Any,
-        prompts: list[list[int]],
-        params: SamplingParams,
-        chunk_index: int,
-    ) -> list[list[Sample]]:
+    def _generate_rows(self, tokenizer: Any, model: Any, rows: list[_Row], eos_ids: set[int]) -> list[Sample]:
         import torch
+        from transformers import LogitsProcessorList, StoppingCriteriaList
 
-        batch = tokenizer.pad({"input_ids": prompts}, padding=True, return_tensors="pt").to(self._device)
-        width = batch["input_ids"].shape[1]
-        sampling = params.temperature > 0
-        # Greedy decoding returns the same sequence n times, so compute it once and copy.
-        per_prompt = params.n if sampling else 1
-        eos_ids = _eos_ids(model, tokenizer)
-        kwargs: dict[str, Any] = {
-            "max_new_tokens": params.max_tokens,
-            "num_return_sequences": per_prompt,
-            "pad_token_id": tokenizer.pad_token_id,
-            "eos_token_id": sorted(eos_ids),
-        }
-        if sampling:
-            # top_k=0 switches off transformers' default top-k of 50: plain temperature/top-p, as servers do.
-            kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        if params.stop:
-            kwargs.update(stop_strings=list(params.stop), tokenizer=tokenizer)
+        # Each prompt's keys and values, computed once however many samples it has (all but its last
+        # token, which opens decoding).
+        prompts: dict[tuple[int, ...], Layers | None] = {}
+        for row in rows:
+            key = tuple(row.prompt)
+            if key not in prompts:
+                prompts[key] = self._prompts.layers(model, row.prompt[:-1])
+        real = len(rows)
+        # Filler rows (greedy, one token) keep every matrix product above the kernels' small-batch path.
+        filler = _Row(-1, 0, rows[0].prompt, SamplingParams(max_tokens=1), 0)
+        batch_rows = rows + [filler] * (ROW_FLOOR - real)
+        width = max(len(row.prompt) for row in batch_rows)
+        pad = tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(r.prompt)) + r.prompt for r in batch_rows])
+        mask = torch.tensor([[0] * (width - len(r.prompt)) + [1] * len(r.prompt) for r in batch_rows])
+        kwargs: dict[str, Any] = {}
+        if width > 1:
+            kwargs[cache_argument(model)] = batch_cache(
+                [prompts[tuple(r.prompt)] for r in batch_rows],
+                [len(r.prompt) - 1 for r in batch_rows],
+                width - 1,
+            )
+        sampler = RowSampler(
+            [row.params for row in batch_rows],
+            [row.seed for row in batch_rows],
+            width,
+            min(eos_ids, default=None),
+        )
+        stops = RowStops([row.params.stop for row in batch_rows], self._stop_criteria(tokenizer))
+        with decoding_rows([width - len(r.prompt) for r in batch_rows], real):
+            # generate() only takes the token the sampler left standing (greedy over its one-hot scores).
+            output = model.generate(
+                input_ids=input_ids.to(self._device),
+                attention_mask=mask.to(self._device),
+                max_new_tokens=max(row.params.max_tokens for row in rows),
+                do_sample=False,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+                logits_processor=LogitsProcessorList([sampler]),
+                stopping_criteria=StoppingCriteriaList([stops]),
+                pad_token_id=pad,
+                eos_token_id=sorted(eos_ids),
+                **kwargs,
+            )
+        generated = output[:real, width:].tolist()
+        # A prompt is read once however many samples it yields: count its tokens on the first only.
+        return [
+            _finish(
+                tokenizer,
+                tokens[: row.params.max_tokens],  # past its own limit a row was only made to end
+                row.params,
+                eos_ids,
+                len(row.prompt) if row.sample == 0 else 0,
+            )
+            for row, tokens in zip(rows, generated, strict=True)
+        ]
 
-        with torch.inference_mode(), torch.random.fork_rng(devices=_rng_devices(self._device)):
-            if params.seed is not None and sampling:
-                # generate() has no generator argument: seed the global RNG inside a fork, offset per
-                # chunk so chunks differ. Reproducible for the same batch of requests.
-                torch.manual_seed(params.seed + chunk_index)
-            output = model.generate(**batch, **kwargs)
+    def _stop_criteria(self, tokenizer: Any) -> Callable[[tuple[str, ...]], Any]:
+        """One transformers `StopStringCriteria` per set of stop strings, built once per backend."""
+        from transformers import StopStringCriteria
 
-        generated = output[:, width:].tolist()
-        samples: list[list[Sample]] = []
-        for p, prompt in enumerate(prompts):
-            rows = generated[p * per_prompt : (p + 1) * per_prompt]
-            # A prompt is read once however many samples it yields: count its tokens on the first only.
-            decoded = [
-                _finish(tokenizer, row, params, eos_ids, len(prompt) if k == 0 else 0)
-                for k, row in enumerate(rows)
-            ]
-            if not sampling:  # greedy: one decode serves all n samples; its prompt was read once
-                decoded += [replace(decoded[0], prompt_tokens=0)] * (params.n - 1)
-            samples.append(decoded)
-        return samples
+        def criteria(stop: tuple[str, ...]) -> Any:
+            if stop not in self._stops:
+                self._stops[stop] = StopStringCriteria(tokenizer, list(stop))
+            return self._stops[stop]
+
+        return criteria
 
 
-def _combined_seed(seeds: Sequence[int | None]) -> int:
-    """One seed for a chunk, fixed by the seeds of its requests in order."""
-    digest = hashlib.sha256(repr(list(seeds)).encode()).digest()
-    return int.from_bytes(digest[:4], "big")
+@dataclass(frozen=True)
+class _Row:
+    """One sequence to generate: sample `sample` of request `request`."""
+
+    request: int
+    sample: int
+    prompt: list[int]
+    params: SamplingParams
+    seed: int
+
+
+def _row_seed(seed: int | None, sample: int) -> int:
+    if seed is None:
+        return secrets.randbits(63)  # an unseeded request samples anew every time, as on a server
+    return row_seed(seed, sample)
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
@@ -237,14 +300,6 @@ def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
     if tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
     return ids
-
-
-def _rng_devices(device: str | None) -> list[Any]:
-    import torch
-
-    if device and device.startswith("cuda"):
-        return [torch.device(device).index or 0]
-    return []
 
 
 def _finish(
