@@ -212,6 +212,27 @@ def materialization_metadata(instance: Any, run_id: str) -> list[tuple[str, dict
     return out
 
 
+def profile_client_loop() -> cProfile.Profile:
+    """A profiler of what runs on `LLMClient`'s event loop (its own thread, out of the main profiler's
+    sight): each coroutine it is given runs with the profiler on in that thread."""
+    from sigma_assets.llm.client import LLMClient
+
+    loop_profiler, original = cProfile.Profile(), LLMClient._run
+
+    def _run(self: Any, coroutine: Any) -> Any:
+        async def profiled() -> Any:
+            loop_profiler.enable()
+            try:
+                return await coroutine
+            finally:
+                loop_profiler.disable()
+
+        return original(self, profiled())
+
+    LLMClient._run = _run  # type: ignore[method-assign]
+    return loop_profiler
+
+
 def run_project(spec_path: Path) -> None:
     """Every run of the graph in this process, each step measured; writes the figures to spec["out"]."""
     spec = json.loads(spec_path.read_text())
@@ -231,6 +252,7 @@ def run_project(spec_path: Path) -> None:
 
     quiet_libraries()
     profiler = cProfile.Profile() if spec.get("profile") else None
+    loop_profiler = profile_client_loop() if profiler else None
     from sigma_assets.data.storage import StorageRoot
 
     storage = StorageRoot(
@@ -352,6 +374,9 @@ def run_project(spec_path: Path) -> None:
         stats.sort_stats("tottime").print_stats(30)
         stats.sort_stats("cumulative").print_stats(45)
         result["profile"] = out.getvalue()
+        out = io.StringIO()  # the client's event loop (the search's own work), a thread of its own
+        pstats.Stats(loop_profiler, stream=out).sort_stats("tottime").print_stats(40)
+        result["profile_client_loop"] = out.getvalue()
     Path(spec["out"]).write_text(json.dumps(result))
 
 
@@ -753,7 +778,10 @@ def build_report(
         0,
         0,
     )
-    samples = row("SFT samples (sigma)", [m["sigma_samples"] for m in models], 0, 2)
+    refined = row("refined paths", [m["refined_paths"] for m in models], 0, 2)
+    samples = row(
+        "SFT samples (sigma; a held-out slice from 200 problems)", [m["sigma_samples"] for m in models], 0, 2
+    )
     row("evaluation requests", [m["eval_requests"] for m in models], 0, 2)
     lines.append("")
 
@@ -786,13 +814,15 @@ def build_report(
         [stage_cpu(t, "search", ("cpu_self_s", "cpu_children_s")) for t in tables]
     )
     usd_full = at_full([m["critic_usd"] for m in models])
+    # Per refined path (the paper's "refined samples"), at the margin.
     usd_per_sample = Growth(sizes, [m["critic_usd"] for m in models]).marginal() / max(
-        1e-9, samples.marginal()
+        1e-9, refined.marginal()
     )
     tokens_per_sample = [
-        Growth(sizes, [m[f"critic_{f}_tokens"] for m in models]).marginal() / max(1e-9, samples.marginal())
+        Growth(sizes, [m[f"critic_{f}_tokens"] for m in models]).marginal() / max(1e-9, refined.marginal())
         for f in ("prompt", "completion")
     ]
+    paper_price = PAPER_TOKENS_PER_SAMPLE[0] * critic_price[0] + PAPER_TOKENS_PER_SAMPLE[1] * critic_price[1]
     rate = full_requests / policy_s if policy_s else 0.0
     batch_rate = full_requests / batch_s if batch_s else 0.0
     measured = (
@@ -836,12 +866,13 @@ def build_report(
             f"{(batch_s + rest_s) / 3600:,.1f} h at {full_batch}",
         ),
         ("critic spend, this run", f"**${usd_full:,.2f}**"),
-        ("SFT samples (sigma)", f"{samples.at(full):,.0f}"),
+        ("refined paths / SFT samples (sigma)", f"{refined.at(full):,.0f} / {samples.at(full):,.0f}"),
         (
-            f"critic spend per 15K samples (the paper: ${PAPER_USD_PER_15K:.1f}) / per 30K",
+            f"critic spend per 15K refined samples (the paper: ${PAPER_USD_PER_15K:.1f}) / per 30K",
             f"**${usd_per_sample * PAPER_SAMPLES / 2:,.2f}** / ${usd_per_sample * PAPER_SAMPLES:,.2f} "
             f"({tokens_per_sample[0]:,.0f} prompt + {tokens_per_sample[1]:,.0f} completion tokens "
-            "per sample)",
+            "per refined sample; the paper's 2,200 + 760 at these prices: "
+            f"${15_000 * paper_price / 1e6:,.2f})",
         ),
         ("the project's own CPU, training left out", f"{project_s / 3600:,.2f} core-hours"),
         (
