@@ -6,6 +6,15 @@ schedules and batches by itself, so the client hands over large batches (`max_ba
 becomes at most two engine calls: `LLM.generate` for completions and `LLM.chat` for conversations,
 with one `SamplingParams` per request.
 
+Each request carries its own seed (`SamplingParams.seed`): vLLM then samples it from its own generator
+(sample k of n from seed + k), so its random numbers never depend on the requests it is batched with.
+Its logits still can: vLLM's kernels (matrix products, attention, their split reductions) differ by
+batch size and composition in the last bits, and where a draw lands on a boundary a sample changes.
+vLLM's batch-invariant mode (`VLLM_BATCH_INVARIANT=1`, in vLLM 0.11 and later, on the NVIDIA GPUs its
+documentation lists; the `gpu` extra allows older versions, which have none) removes that at a cost in
+speed; the environment variable reaches the engine as it is. None of this is checked here: the CPU
+build's tests compare outputs, not bits across batches.
+
 Request building (`sampling_kwargs`, `plan_calls`) and output mapping (`samples_from_output`) are pure
 functions over plain data, so they are tested without vLLM; the backend itself is tested on vLLM's CPU
 build (`infra/install_vllm.sh`), which this module runs on as it is: it imports only the standard
