@@ -12,8 +12,8 @@ Its logits still can: vLLM's kernels (matrix products, attention, their split re
 batch size and composition in the last bits, and where a draw lands on a boundary a sample changes.
 vLLM's batch-invariant mode (`VLLM_BATCH_INVARIANT=1`, in vLLM 0.11 and later, on the NVIDIA GPUs its
 documentation lists; the `gpu` extra allows older versions, which have none) removes that at a cost in
-speed; the environment variable reaches the engine as it is. None of this is checked here: the CPU
-build's tests compare outputs, not bits across batches.
+speed; the environment variable reaches the engine as it is. The CPU build's tests check that a seed
+gives the same samples twice in one batch, not across batch compositions.
 
 Request building (`sampling_kwargs`, `plan_calls`) and output mapping (`samples_from_output`) are pure
 functions over plain data, so they are tested without vLLM; the backend itself is tested on vLLM's CPU
