@@ -3,8 +3,10 @@ real S3 server (SeaweedFS), over N problems at 2 temperatures, the policy and th
 simulated server (`sigma_assets/testing/simulated_server.py`), at the paper's settings (n = 3, depth 16,
 16 simulations, one path critique and one path revision per problem).
 
-    nice -n 10 .venv/bin/python bench/bench_rehearsal.py --problems 64 256 1024 [--write docs/benchmarks.md]
+    nice -n 10 .venv/bin/python bench/bench_rehearsal.py --problems 48 96 192 384 --base-model bundled \
+        --train-steps 2 --write docs/benchmarks.md
     .venv/bin/python bench/bench_rehearsal.py --env my.env --problems 128 --full-problems 7500
+    .venv/bin/python bench/bench_rehearsal.py --problems 768 --report-from earlier.json --json all.json
 
 Per size, a fresh Dagster instance and storage prefix; every run is launched from the code location's
 snapshot, as the UI's Materialize does, and executed in one project process (as `run_main` does), in the
@@ -18,7 +20,9 @@ own process, never counted) counts requests, tokens and the seconds a real serve
 environment): their problems (the first N), temperatures, shard size, policy and critic models, critic
 concurrency; storage, servers and keys are always the rehearsal's own. The report says how many
 requests, tokens, dollars and hours the full run (`--full-problems`, default: every problem of the
-source) takes at the stated policy-server speed and critic prices.
+source) takes at the stated policy-server speed and critic prices. `--report-from` joins sizes kept by
+`--json` to those run now; `--profile` profiles the project process and the LLM client's loop thread.
+Growth is fitted per figure by least squares; whatever does not grow with the problems stays fixed.
 """
 
 from __future__ import annotations
@@ -375,7 +379,9 @@ def run_project(spec_path: Path) -> None:
         stats.sort_stats("cumulative").print_stats(45)
         result["profile"] = out.getvalue()
         out = io.StringIO()  # the client's event loop (the search's own work), a thread of its own
-        pstats.Stats(loop_profiler, stream=out).sort_stats("tottime").print_stats(40)
+        loop_stats = pstats.Stats(loop_profiler, stream=out)
+        loop_stats.sort_stats("tottime").print_stats(40)
+        loop_stats.sort_stats("cumulative").print_stats(40)
         result["profile_client_loop"] = out.getvalue()
     Path(spec["out"]).write_text(json.dumps(result))
 
