@@ -719,7 +719,7 @@ def build_report(
         "path revision from the critic, token counts in `usage`, answers at once with the seconds a real "
         "server would take added up. The paper's search: n = 3, depth 16, 16 simulations; temperatures "
         f"{', '.join(temps)}; {args.problems_per_shard} problems per shard; training: "
-        f"{args.train_steps or 'the cpu profile'}'s steps of the "
+        f"{f'{args.train_steps} optimizer steps' if args.train_steps else 'the cpu profile'} of the "
         f"{'bundled SmolLM2-135M' if args.base_model == 'bundled' else args.base_model} model; evaluation "
         "of the base model and both fine-tunes through the same server. CPU is `getrusage` of the project "
         "process and of its children, per step. Load average (1 min) before → after: "
