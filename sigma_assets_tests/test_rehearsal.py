@@ -102,7 +102,7 @@ def test_the_report_projects_the_full_run(rehearsal):
         "storage root",
     ):
         assert f"| {figure}" in section
-    assert "per 15K samples (the paper: $11.7)" in section
+    assert "per 15K refined samples (the paper: $11.7)" in section
     scale = 7_500 / PROBLEMS  # one size: every figure grows in proportion
     models = summary["models"][0]
     assert summary["policy_requests"] == pytest.approx(models["policy_requests"] * scale)
