@@ -90,6 +90,7 @@ def build_resources(settings: Settings) -> dict[str, Any]:
             base_url=settings.policy_base_url,
             api_key_variable="SIGMA_POLICY_API_KEY",
             server=settings.policy_server,
+            concurrency=settings.policy_concurrency,
             max_usd_per_run=settings.max_usd_per_run,
             tokenizer=settings.policy_tokenizer,
             storage=storage,

@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     policy_model: Annotated[str, _env("SIGMA_POLICY_MODEL")] = BUNDLED_SMOLLM2
     policy_base_url: Annotated[str | None, _env("SIGMA_POLICY_BASE_URL")] = None
     policy_server: Annotated[PolicyServer, _env("SIGMA_POLICY_SERVER")] = "openai"
+    # Policy requests in flight at once: a server batches what it is sent, so set it to what it decodes
+    # together (e.g. 256 for vLLM); the search keeps hundreds waiting. In process, the rows of a batch.
+    policy_concurrency: Annotated[PositiveInt, _env("SIGMA_POLICY_CONCURRENCY")] = 16
     # A local tokenizer folder whose chat template formats the policy's prompt (for a server policy).
     policy_tokenizer: Annotated[str | None, _env("SIGMA_POLICY_TOKENIZER")] = None
     # As set; unset, `critic_backend` and `critic_model` derive them from whether OPENAI_API_KEY is set.

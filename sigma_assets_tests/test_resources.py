@@ -40,6 +40,14 @@ def test_each_backend_kind_gets_its_own_resource_class():
     assert isinstance(served, OpenAIModelResource) and served.base_url == SERVED["SIGMA_POLICY_BASE_URL"]
 
 
+def test_policy_and_critic_concurrency_come_from_their_own_settings():
+    resources = build_resources(
+        Settings.from_env({**SERVED, "SIGMA_POLICY_CONCURRENCY": "256", "SIGMA_CRITIC_CONCURRENCY": "8"})
+    )
+    assert (resources["policy"].concurrency, resources["critic"].concurrency) == (256, 8)
+    assert build_resources(Settings.from_env({}))["policy"].concurrency == 16
+
+
 def test_secrets_are_env_references_whether_or_not_the_code_server_has_them(monkeypatch):
     for name in ("SIGMA_POLICY_API_KEY", "OPENAI_API_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.delenv(name, raising=False)
