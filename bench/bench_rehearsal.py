@@ -80,7 +80,7 @@ RUN_CONFIG = {
 # Settings a user's file may set; the rest (storage, servers, keys) are the rehearsal's own.
 USER_SETTINGS = (
     "SIGMA_PROBLEMS", "SIGMA_NUM_SHARDS", "SIGMA_TEMPERATURES", "SIGMA_POLICY_MODEL",
-    "SIGMA_POLICY_TOKENIZER",
+    "SIGMA_POLICY_TOKENIZER", "SIGMA_POLICY_CONCURRENCY",
     "SIGMA_CRITIC_MODEL", "SIGMA_CRITIC_CONCURRENCY", "SIGMA_CRITIC_BATCH_API", "SIGMA_MAX_USD_PER_RUN",
     "SIGMA_EVAL_SETS", "SIGMA_TRAINING_PROFILE",
 )  # fmt: skip
@@ -898,8 +898,7 @@ def build_report(
         f"Policy server: {latency.ttft_s * 1000:.0f} ms to the first token, "
         f"{latency.tpot_s * 1000:.0f} ms per token per sequence, {latency.capacity} sequences at once "
         f"(`--policy-*`). The search had up to {waiting:,} requests waiting at {sizes[-1]} problems; the "
-        f"policy client sends {concurrency} at a time (the policy resource's `concurrency`, run config "
-        f"`resources.policy.config.concurrency`). Critic {critic_model} at "
+        f"policy client sends {concurrency} at a time (`SIGMA_POLICY_CONCURRENCY`). Critic {critic_model} at "
         f"${critic_price[0]:g} / ${critic_price[1]:g} per 1M prompt / completion tokens"
         f"{' (Batch API: half)' if results[-1]['batch_api'] else ''}, {critic_k} requests in flight.",
         "",
