@@ -196,22 +196,3 @@ def test_the_search_tables_do_not_depend_on_concurrency(tmp_path: Path, tiny_mod
     trees = next(table for path, table in one_by_one.items() if path.startswith("assets/mcts_trees/"))
     steps = trees.filter(pl.col("depth") > 0)["step"]
     assert steps.len() >= 9 and steps.n_unique() > steps.len() // 2
-
-
-@pytest.mark.slow
-def test_the_bundled_search_and_refinement_tables_do_not_depend_on_concurrency(tmp_path: Path) -> None:
-    """SmolLM2 as policy and critic with its own (embedded) budget: trees, siblings, critiques, refined
-    paths."""
-    pytest.importorskip("gguf")
-    from sigma_assets.llm.local_models import smollm2_gguf_path
-    from sigma_assets.settings import BUNDLED_SMOLLM2
-
-    try:
-        smollm2_gguf_path()
-    except FileNotFoundError as exc:
-        pytest.skip(str(exc))
-    one_by_one = run_at(tmp_path / "a", BUNDLED_SMOLLM2, "arithmetic:6", {}, ONE_BY_ONE)
-    merged = run_at(tmp_path / "b", BUNDLED_SMOLLM2, "arithmetic:6", {}, MERGED)
-    assert_same_tables(one_by_one, merged)
-    refined = next(table for path, table in one_by_one.items() if path.startswith("assets/refined_paths/"))
-    assert refined.height > 0
