@@ -148,39 +148,6 @@ def stage_of(step_key: str) -> str:
     return "orchestration"
 
 
-def launch(instance: Any, context: Any, remote_job: Any, key: str | None, run_config: dict) -> Any:
-    """One run of `remote_job` for partition `key`, created from the code location's snapshot (as the
-    UI's Materialize and `run_main` create them), with `run_config`."""
-    from sigma_assets.definitions import defs
-
-    tags = {}
-    if key is not None:
-        tags = defs.resolve_job_def(remote_job.name).get_tags_for_partition_key(key, selected_asset_keys=None)
-    plan = context.get_code_location("sigma").get_execution_plan(
-        remote_job, run_config, step_keys_to_execute=None, known_state=None, instance=instance
-    )
-    return instance.create_run(
-        job_name=remote_job.name,
-        run_id=None,
-        run_config=run_config,
-        resolved_op_selection=None,
-        step_keys_to_execute=plan.execution_plan_snapshot.step_keys_to_execute,
-        op_selection=None,
-        status=None,
-        root_run_id=None,
-        parent_run_id=None,
-        tags={**remote_job.tags, **tags},
-        job_snapshot=remote_job.job_snapshot,
-        execution_plan_snapshot=plan.execution_plan_snapshot,
-        parent_job_snapshot=remote_job.parent_job_snapshot,
-        remote_job_origin=remote_job.get_remote_origin(),
-        job_code_origin=remote_job.get_python_origin(),
-        asset_selection=None,
-        asset_check_selection=None,
-        asset_graph=context.asset_graph,
-    )
-
-
 def job_run_config(job: str, spec: dict[str, Any]) -> dict[str, Any]:
     config: dict[str, Any] = json.loads(json.dumps(RUN_CONFIG))
     if job == "training_job" and spec.get("train_steps"):
@@ -252,7 +219,7 @@ def run_project(spec_path: Path) -> None:
     from dagster._utils.hosted_user_process import recon_job_from_origin
 
     from sigma_assets.definitions import defs
-    from sigma_assets.run_main import quiet_libraries
+    from sigma_assets.run_main import launch, quiet_libraries
 
     quiet_libraries()
     profiler = cProfile.Profile() if spec.get("profile") else None

@@ -65,7 +65,11 @@ class Clock:
 
 
 def launch(
-    instance: dg.DagsterInstance, context: WorkspaceRequestContext, remote_job: RemoteJob, key: str | None
+    instance: dg.DagsterInstance,
+    context: WorkspaceRequestContext,
+    remote_job: RemoteJob,
+    key: str | None,
+    run_config: Mapping[str, Any] = RUN_CONFIG,
 ) -> DagsterRun:
     """Create one run of `remote_job` for partition `key` from the code location's snapshot, as the
     UI's Materialize does, so the run belongs to the location."""
@@ -73,12 +77,12 @@ def launch(
     if key is not None:
         tags = defs.resolve_job_def(remote_job.name).get_tags_for_partition_key(key, selected_asset_keys=None)
     plan = context.get_code_location(LOCATION).get_execution_plan(
-        remote_job, RUN_CONFIG, step_keys_to_execute=None, known_state=None, instance=instance
+        remote_job, run_config, step_keys_to_execute=None, known_state=None, instance=instance
     )
     return instance.create_run(
         job_name=remote_job.name,
         run_id=None,
-        run_config=RUN_CONFIG,
+        run_config=dict(run_config),
         resolved_op_selection=None,
         step_keys_to_execute=plan.execution_plan_snapshot.step_keys_to_execute,
         op_selection=None,
