@@ -45,7 +45,7 @@ from typing import Any, Self
 
 from aiohttp import web
 
-from sigma_assets.testing.loopback import HOST, LoopbackServer
+from sigma_assets.testing.loopback import LoopbackServer, serve_until_signalled
 
 FAULT_KINDS: tuple[str, ...] = (
     "429",
@@ -527,16 +527,6 @@ def _make_runner(state: _State) -> web.AppRunner:
     return web.AppRunner(build_app(state), access_log=None, handler_cancellation=True, shutdown_timeout=0.5)
 
 
-async def _start_site(state: _State, port: int) -> tuple[web.AppRunner, int]:
-    runner = _make_runner(state)
-    await runner.setup()
-    site = web.TCPSite(runner, HOST, port, backlog=FaultServer.backlog)
-    await site.start()
-    server = site._server  # the bound socket is the only way to learn the port when asked for port 0
-    actual_port = server.sockets[0].getsockname()[1] if server is not None else port
-    return runner, actual_port
-
-
 class FaultServer(LoopbackServer):
     """The server in a background thread with its own event loop, on 127.0.0.1 and a free port."""
 
@@ -728,16 +718,7 @@ def _config_from_args(args: argparse.Namespace) -> FaultConfig:
 
 
 async def _serve_forever(config: FaultConfig, port: int) -> None:
-    runner, actual_port = await _start_site(_State(config, None), port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    print(f"{READY_PREFIX}http://{HOST}:{actual_port}/v1", flush=True)
-    try:
-        await stop.wait()
-    finally:
-        await runner.cleanup()
+    await serve_until_signalled(_make_runner(_State(config, None)), port, FaultServer.backlog, READY_PREFIX)
 
 
 def main(argv: list[str] | None = None) -> None:

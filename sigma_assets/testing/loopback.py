@@ -4,6 +4,7 @@ synchronous tests and benchmarks can start it, talk to it over real HTTP and sto
 from __future__ import annotations
 
 import asyncio
+import signal
 import threading
 from typing import Self
 
@@ -57,12 +58,7 @@ class LoopbackServer:
 
         async def serve() -> None:
             self._stopped = asyncio.Event()
-            runner = await self.make_runner()
-            await runner.setup()
-            site = web.TCPSite(runner, HOST, self._requested_port, backlog=self.backlog)
-            await site.start()
-            server = site._server  # the bound socket is the only way to learn the port when asked for 0
-            self.port = server.sockets[0].getsockname()[1] if server is not None else self._requested_port
+            runner, self.port = await start_site(await self.make_runner(), self._requested_port, self.backlog)
             ready.set()
             try:
                 await self._stopped.wait()
@@ -96,3 +92,27 @@ class LoopbackServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+async def start_site(runner: web.AppRunner, port: int, backlog: int) -> tuple[web.AppRunner, int]:
+    """Set `runner` up on 127.0.0.1:`port` (0: a free one); returns it and the port it got."""
+    await runner.setup()
+    site = web.TCPSite(runner, HOST, port, backlog=backlog)
+    await site.start()
+    server = site._server  # the bound socket is the only way to learn the port when asked for 0
+    return runner, server.sockets[0].getsockname()[1] if server is not None else port
+
+
+async def serve_until_signalled(runner: web.AppRunner, port: int, backlog: int, ready_prefix: str) -> None:
+    """Serve `runner` in the foreground, print `ready_prefix` and the base URL once listening (what a
+    parent process waits for), and stop cleanly on SIGTERM or SIGINT."""
+    runner, port = await start_site(runner, port, backlog)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"{ready_prefix}http://{HOST}:{port}/v1", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()

@@ -45,7 +45,7 @@ from typing import Any, Self
 from aiohttp import web
 
 from sigma_assets.testing.latency_model import Batch, LatencyModel
-from sigma_assets.testing.loopback import HOST, LoopbackServer
+from sigma_assets.testing.loopback import LoopbackServer, serve_until_signalled
 from sigma_assets.testing.simulated_critic import SimulatedCritic
 from sigma_assets.testing.simulated_policy import (
     SimulatedPolicy,
@@ -390,22 +390,7 @@ class SimulatedServerProcess:
 
 
 async def _serve(config: SimulatedConfig, port: int) -> None:
-    state = _State(config)
-    runner = _runner(state)
-    await runner.setup()
-    site = web.TCPSite(runner, HOST, port, backlog=SimulatedServer.backlog)
-    await site.start()
-    server = site._server  # the bound socket is the only way to learn the port when asked for 0
-    actual = server.sockets[0].getsockname()[1] if server is not None else port
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    print(f"{READY_PREFIX}http://{HOST}:{actual}/v1", flush=True)
-    try:
-        await stop.wait()
-    finally:
-        await runner.cleanup()
+    await serve_until_signalled(_runner(_State(config)), port, SimulatedServer.backlog, READY_PREFIX)
 
 
 def main(argv: list[str] | None = None) -> None:
